@@ -1,0 +1,1 @@
+"""Ray actors that run on worker nodes."""

@@ -1,0 +1,30 @@
+"""Where kernels run: one module per environment behind :mod:`.base`."""
+
+from __future__ import annotations
+
+from .base import (
+    ConnectionInfo,
+    KernelHandle,
+    KernelSpecInfo,
+    KernelStartError,
+    Launcher,
+    LaunchRequest,
+)
+
+__all__ = [
+    "ConnectionInfo",
+    "KernelHandle",
+    "KernelSpecInfo",
+    "KernelStartError",
+    "LaunchRequest",
+    "Launcher",
+    "launcher_kinds",
+]
+
+
+def launcher_kinds() -> dict[str, type[Launcher]]:
+    """The launcher classes by kind, imported lazily so optional dependencies stay optional."""
+    from .local import LocalLauncher
+
+    kinds: dict[str, type[Launcher]] = {LocalLauncher.kind: LocalLauncher}
+    return kinds

@@ -1,0 +1,167 @@
+"""The contract between the gateway and the places kernels run.
+
+A :class:`Launcher` knows one environment (local processes, Ray, Dask, SSH hosts,
+Kubernetes, YARN). It turns a :class:`LaunchRequest` into a :class:`KernelHandle`: a
+running kernel the gateway can reach over ZMQ at ``handle.connection``.
+
+The gateway core never looks past this interface; everything environment-specific
+(where the process lives, how it is signalled, how it is found again after a gateway
+restart) stays behind it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """Where a kernel's five ZMQ sockets listen and the key that signs its messages."""
+
+    ip: str
+    shell_port: int
+    iopub_port: int
+    stdin_port: int
+    control_port: int
+    hb_port: int
+    key: bytes
+    transport: str = "tcp"
+    signature_scheme: str = "hmac-sha256"
+
+    def url(self, channel: str) -> str:
+        port = getattr(self, f"{channel}_port")
+        if self.transport == "ipc":
+            return f"ipc://{self.ip}-{port}"
+        return f"{self.transport}://{self.ip}:{port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The connection-file form jupyter_client and ipykernel read."""
+        info = asdict(self)
+        info["key"] = self.key.decode()
+        return info
+
+    @classmethod
+    def from_dict(cls, info: dict[str, Any]) -> ConnectionInfo:
+        key = info.get("key", b"")
+        return cls(
+            ip=info["ip"],
+            shell_port=int(info["shell_port"]),
+            iopub_port=int(info["iopub_port"]),
+            stdin_port=int(info["stdin_port"]),
+            control_port=int(info["control_port"]),
+            hb_port=int(info["hb_port"]),
+            key=key.encode() if isinstance(key, str) else bytes(key),
+            transport=info.get("transport", "tcp"),
+            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+        )
+
+
+@dataclass
+class KernelSpecInfo:
+    """The parts of a kernelspec a launcher needs, in a form that pickles and travels."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    display_name: str = ""
+    language: str = ""
+    interrupt_mode: str = "signal"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchRequest:
+    """Everything a launcher needs to start one kernel."""
+
+    kernel_id: str
+    spec: KernelSpecInfo
+    env: dict[str, str]
+    """Variables from the start request (``KERNEL_*`` and allowed extras), already validated."""
+    launch_timeout: float
+    username: str | None = None
+    cwd: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    """The resource request (CPUs, memory, GPUs, ...) in the launcher-neutral form."""
+
+
+class KernelStartError(Exception):
+    """The kernel could not be started; ``str(exc)`` is shown to the user.
+
+    ``status`` is the HTTP status the gateway answers with: 500 when the kernel itself
+    failed, 4xx when the request can never be satisfied, 503/504 when capacity was lacking.
+    """
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KernelHandle(abc.ABC):
+    """One running kernel, wherever it runs.
+
+    Implementations keep enough state to signal, restart and stop the kernel, and
+    expose ``placement`` (where it runs, what it holds) for the kernel model.
+    """
+
+    def __init__(self, request: LaunchRequest, connection: ConnectionInfo) -> None:
+        self.request = request
+        self.connection = connection
+        self.placement: dict[str, Any] = {}
+
+    @property
+    def kernel_id(self) -> str:
+        return self.request.kernel_id
+
+    @abc.abstractmethod
+    async def is_alive(self) -> bool:
+        """Whether the kernel process still runs."""
+
+    @abc.abstractmethod
+    async def signal(self, signum: int) -> None:
+        """Deliver a signal to the kernel (SIGINT interrupts it)."""
+
+    @abc.abstractmethod
+    async def restart(self) -> ConnectionInfo:
+        """Kill the kernel process and start a fresh one for the same kernel id.
+
+        Resources held for the kernel are kept. Returns the (possibly new) connection info.
+        """
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Stop the kernel for good and release what it holds. Idempotent."""
+
+    async def failure_reason(self) -> str:
+        """A short account of why the kernel died or failed to start (e.g. a stderr tail)."""
+        return ""
+
+
+class Launcher(abc.ABC):
+    """Starts kernels in one kind of environment."""
+
+    kind: ClassVar[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect to the environment (called once when the gateway starts)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` acquired. Kernels are left as the launcher defines."""
+
+    @abc.abstractmethod
+    async def launch(self, request: LaunchRequest) -> KernelHandle:
+        """Start a kernel; return once its ZMQ sockets can be connected to.
+
+        Raises :class:`KernelStartError` with a message for the user on failure.
+        """
+
+    async def check_alive(self, handles: list[KernelHandle]) -> dict[str, bool]:
+        """Liveness of many kernels at once; launchers with a cluster API batch this."""
+        return {handle.kernel_id: await handle.is_alive() for handle in handles}
+
+    async def find_running(self) -> list[KernelHandle]:
+        """Kernels of this launcher that outlived a previous gateway, to serve again."""
+        return []

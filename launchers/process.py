@@ -1,0 +1,116 @@
+"""Starting a kernel process that can be interrupted and never outlives its parent.
+
+Used wherever raygate itself spawns the kernel: the local launcher, the Ray kernel actor
+and the remote bootstrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _prepare_child() -> None:
+    """Runs in the child between fork and exec.
+
+    Ray workers (and some servers) block SIGINT; a child inherits the mask, so an
+    interrupt would silently do nothing. PR_SET_PDEATHSIG makes the kernel die with the
+    thread that spawned it, even when that parent is SIGKILLed.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def format_argv(argv: Sequence[str], connection_file: str, resource_dir: str = "") -> list[str]:
+    """Fill the ``{connection_file}`` and ``{resource_dir}`` fields of a kernelspec argv."""
+    fields = {"connection_file": connection_file, "resource_dir": resource_dir}
+    out = []
+    for arg in argv:
+        try:
+            out.append(arg.format(**fields))
+        except (KeyError, IndexError, ValueError):
+            out.append(arg)
+    return out
+
+
+def spawn_kernel(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: str,
+    cwd: str | None = None,
+) -> subprocess.Popen:
+    """Start ``argv`` in its own session, stdout and stderr to ``log_path``.
+
+    Its own session keeps a Ctrl-C at the gateway's terminal from interrupting every
+    kernel, and lets an interrupt reach the kernel's own children through the group.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_prepare_child,
+            close_fds=True,
+        )
+
+
+def signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Signal the kernel's process group (the kernel and what it started)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        proc.send_signal(signum)
+
+
+async def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
+    """Wait up to ``timeout`` seconds for the process to exit, without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return proc.poll()
+
+
+async def terminate(proc: subprocess.Popen, grace: float = 3.0) -> int | None:
+    """SIGTERM the kernel's group, then SIGKILL it if it is still there after ``grace``."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM)
+        await wait_exit(proc, grace)
+    try:
+        # Children of the kernel may still hold the group after the kernel itself exits.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return await wait_exit(proc, 5.0)
+
+
+def tail(path: str, max_bytes: int = 4096, max_lines: int = 25) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-max_lines:]).strip()

@@ -1,0 +1,3 @@
+from raygate.cli import main
+
+main()

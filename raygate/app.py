@@ -1,0 +1,117 @@
+"""The Starlette application: routes, middleware and the registry's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from raygate.launchers import Launcher, launcher_kinds
+
+from .auth import TokenAuthMiddleware
+from .config import GatewayConfig
+from .errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from .handlers import api, channels, kernels, kernelspecs, sessions
+from .kernelspecs import KernelSpecs
+from .registry import KernelRegistry
+from .sessions import SessionStore
+
+log = logging.getLogger("raygate")
+
+KERNEL = "/api/kernels/{kernel_id}"
+SESSION = "/api/sessions/{session_id}"
+
+
+def api_routes() -> list[BaseRoute]:
+    return [
+        Route("/api", api.api_info, methods=["GET"]),
+        Route("/api/", api.api_info, methods=["GET"]),
+        Route("/api/kernelspecs", kernelspecs.list_kernelspecs, methods=["GET"]),
+        Route("/api/kernelspecs/{name}", kernelspecs.get_kernelspec, methods=["GET"]),
+        Route(
+            "/kernelspecs/{name}/{filename:path}",
+            kernelspecs.kernelspec_resource,
+            methods=["GET"],
+        ),
+        Route("/api/kernels", kernels.list_kernels, methods=["GET"]),
+        Route("/api/kernels", kernels.start_kernel, methods=["POST"]),
+        Route(KERNEL, kernels.get_kernel, methods=["GET"]),
+        Route(KERNEL, kernels.delete_kernel, methods=["DELETE"]),
+        Route(KERNEL + "/interrupt", kernels.interrupt_kernel, methods=["POST"]),
+        Route(KERNEL + "/restart", kernels.restart_kernel, methods=["POST"]),
+        WebSocketRoute(KERNEL + "/channels", channels.kernel_channels),
+        Route("/api/sessions", sessions.list_sessions, methods=["GET"]),
+        Route("/api/sessions", sessions.create_session, methods=["POST"]),
+        Route(SESSION, sessions.get_session, methods=["GET"]),
+        Route(SESSION, sessions.update_session, methods=["PATCH"]),
+        Route(SESSION, sessions.delete_session, methods=["DELETE"]),
+    ]
+
+
+def default_launchers(config: GatewayConfig) -> dict[str, Launcher]:
+    return {kind: cls() for kind, cls in launcher_kinds().items()}
+
+
+def create_app(
+    config: GatewayConfig | None = None,
+    launchers: dict[str, Launcher] | None = None,
+) -> Starlette:
+    config = config or GatewayConfig()
+    specs = KernelSpecs(config.default_kernel_name, config.kernelspec_dirs)
+    launchers = launchers if launchers is not None else default_launchers(config)
+    if config.default_launcher not in launchers:
+        raise ValueError(
+            f"default launcher {config.default_launcher!r} is not one of: "
+            + ", ".join(sorted(launchers))
+        )
+    registry = KernelRegistry(config, specs, launchers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await registry.open()
+        log.info("raygate ready; launchers: %s", ", ".join(sorted(launchers)))
+        try:
+            yield
+        finally:
+            log.info("shutting down %d kernel(s)", len(registry.kernels))
+            await registry.close()
+
+    routes = api_routes()
+    if config.base_url != "/":
+        routes = [Mount(config.base_url.rstrip("/"), routes=routes)]
+
+    middleware = []
+    if config.allow_origin:
+        origins = [o.strip() for o in config.allow_origin.split(",") if o.strip()]
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                allow_credentials="*" not in origins,
+            )
+        )
+    middleware.append(Middleware(TokenAuthMiddleware, token=config.auth_token))
+
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.config = config
+    app.state.kernelspecs = specs
+    app.state.registry = registry
+    app.state.sessions = SessionStore(registry)
+    return app

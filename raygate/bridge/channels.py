@@ -1,0 +1,268 @@
+"""One kernel's ZMQ sockets, shared by all its WebSocket clients.
+
+iopub goes to every client. Replies on shell, control and stdin go to the client whose
+request they answer (by the parent's msg_id, else by the client's session), so several
+clients can use one kernel at once without seeing each other's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from raygate.launchers.base import ConnectionInfo
+
+from .connection import Connection
+from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq
+
+log = logging.getLogger("raygate.bridge")
+
+_ROUTED_CHANNELS = ("shell", "control", "stdin")
+_MAX_PENDING = 10_000
+
+
+class KernelNotReady(Exception):
+    pass
+
+
+class KernelChannels:
+    def __init__(
+        self,
+        kernel_id: str,
+        connection: ConnectionInfo,
+        context: zmq.asyncio.Context,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.context = context
+        self.max_buffer_bytes = max_buffer_bytes
+        self.session = uuid.uuid4().hex
+        self.execution_state = "starting"
+        self.last_activity = datetime.now(timezone.utc)
+        self.clients: dict[str, Connection] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+        self._connection = connection
+        self._signer = Signer(connection.key, connection.signature_scheme)
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._readers: list[asyncio.Task] = []
+        self._requester: OrderedDict[str, str] = OrderedDict()
+        self._internal: dict[str, asyncio.Future[Message]] = {}
+        self._iopub_seen = asyncio.Event()
+        self._notices: set[asyncio.Future] = set()
+        self._send_locks = {name: asyncio.Lock() for name in _ROUTED_CHANNELS}
+
+    # -- sockets -------------------------------------------------------------
+
+    def open(self) -> None:
+        identity = f"raygate-{uuid.uuid4().hex}".encode()
+        info = self._connection
+        for name, kind in (
+            ("shell", zmq.DEALER),
+            ("control", zmq.DEALER),
+            ("stdin", zmq.DEALER),
+            ("iopub", zmq.SUB),
+        ):
+            sock = self.context.socket(kind)
+            sock.linger = 0
+            if kind == zmq.DEALER:
+                # The kernel sends input_request to the stdin socket with the shell's identity.
+                sock.setsockopt(zmq.IDENTITY, identity)
+            else:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+                sock.setsockopt(zmq.RCVHWM, 0)
+            sock.connect(info.url(name))
+            self._sockets[name] = sock
+        for name, sock in self._sockets.items():
+            self._readers.append(
+                asyncio.create_task(self._read(name, sock), name=f"zmq-{name}-{self.kernel_id}")
+            )
+
+    def close_sockets(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        self._readers.clear()
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        self._iopub_seen.clear()
+        for future in self._internal.values():
+            if not future.done():
+                future.cancel()
+        self._internal.clear()
+
+    def reconnect(self, connection: ConnectionInfo) -> None:
+        """Point the sockets at a kernel's new address (after a restart elsewhere)."""
+        self.close_sockets()
+        self._connection = connection
+        self._signer = Signer(connection.key, connection.signature_scheme)
+        self.open()
+
+    def expect_restart(self) -> None:
+        """Forget readiness: the next :meth:`wait_for_ready` must see the new kernel."""
+        self._iopub_seen.clear()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        for client in list(self.clients.values()):
+            await client.drain(1.0)
+            await client.close(code, reason)
+        self.clients.clear()
+        self.close_sockets()
+
+    # -- kernel -> clients ----------------------------------------------------
+
+    async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:
+                log.debug("kernel %s %s socket closed: %s", self.kernel_id, channel, exc)
+                return
+            try:
+                message = from_zmq(channel, frames, self._signer)
+            except MessageError as exc:
+                log.warning("kernel %s: dropped bad %s message: %s", self.kernel_id, channel, exc)
+                continue
+            try:
+                await self._deliver(message)
+            except Exception:
+                log.exception("kernel %s: failed to deliver a %s message", self.kernel_id, channel)
+
+    async def _deliver(self, message: Message) -> None:
+        self.messages_out += 1
+        self.last_activity = datetime.now(timezone.utc)
+        if message.channel == "iopub":
+            self._iopub_seen.set()
+            if message.msg_type == "status":
+                state = message.content().get("execution_state")
+                if isinstance(state, str):
+                    self.execution_state = state
+            await self._broadcast(message)
+            return
+        parent_id = message.parent_msg_id()
+        internal = self._internal.get(parent_id)
+        if internal is not None:
+            if not internal.done():
+                internal.set_result(message)
+            return
+        target = self._route(message, parent_id)
+        if target is not None:
+            await target.put(target.frame(message, {}))
+        else:
+            log.debug(
+                "kernel %s: no client for %s reply to %s",
+                self.kernel_id,
+                message.msg_type,
+                parent_id,
+            )
+
+    def _route(self, message: Message, parent_id: str) -> Connection | None:
+        # A reply on shell/control ends its request; stdin's input_request does not.
+        if message.channel == "stdin":
+            client_id = self._requester.get(parent_id)
+        else:
+            client_id = self._requester.pop(parent_id, None)
+        client = self.clients.get(client_id) if client_id else None
+        if client is not None and not client.closed:
+            return client
+        session = message.parent_session()
+        for client in self.clients.values():
+            if not client.closed and session in client.client_sessions:
+                return client
+        return None
+
+    async def _broadcast(self, message: Message) -> None:
+        cache: dict[bool, str | bytes] = {}
+        for client in list(self.clients.values()):
+            await client.put(client.frame(message, cache))
+
+    def broadcast_status(self, state: str, reason: str = "") -> None:
+        """Tell every client the kernel is ``restarting`` or ``dead`` (raygate's own notice)."""
+        self.execution_state = state
+        content: dict[str, Any] = {"execution_state": state}
+        if reason:
+            content["reason"] = reason
+        message = new_message("iopub", "status", content, self.session)
+        cache: dict[bool, str | bytes] = {}
+        for client in list(self.clients.values()):
+            task = asyncio.ensure_future(client.put(client.frame(message, cache)))
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
+
+    # -- clients -> kernel ----------------------------------------------------
+
+    def attach(self, client: Connection) -> None:
+        self.clients[client.id] = client
+        client.on_closed = self.detach
+        client.start()
+
+    def detach(self, client: Connection) -> None:
+        self.clients.pop(client.id, None)
+
+    async def send(self, message: Message, client: Connection | None = None) -> None:
+        """Sign and send a message to the kernel, remembering who asked."""
+        sock = self._sockets.get(message.channel)
+        if sock is None:
+            raise MessageError(f"kernel {self.kernel_id} is not connected")
+        if client is not None:
+            session = message.header.get("session")
+            if isinstance(session, str) and session:
+                client.client_sessions.add(session)
+            if message.channel != "stdin":
+                self._requester[message.msg_id] = client.id
+                while len(self._requester) > _MAX_PENDING:
+                    self._requester.popitem(last=False)
+        self.messages_in += 1
+        self.last_activity = datetime.now(timezone.utc)
+        async with self._send_locks[message.channel]:
+            await sock.send_multipart(to_zmq(message, self._signer), copy=False)
+
+    async def request(
+        self, channel: str, msg_type: str, content: dict[str, Any], timeout: float
+    ) -> Message:
+        """Send raygate's own request and wait for its reply (not shown to clients)."""
+        message = new_message(channel, msg_type, content, self.session)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._internal[message.msg_id] = future
+        try:
+            await self.send(message)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._internal.pop(message.msg_id, None)
+
+    async def wait_for_ready(
+        self, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+    ) -> dict[str, Any]:
+        """Wait until the kernel answers kernel_info and its iopub reaches us.
+
+        Returns the kernel_info reply's content. Raises :class:`KernelNotReady` when the
+        kernel dies or the timeout passes first.
+        """
+        deadline = time.monotonic() + timeout
+        reply: Message | None = None
+        while time.monotonic() < deadline:
+            if not await is_alive():
+                raise KernelNotReady("the kernel process exited")
+            try:
+                reply = await self.request("shell", "kernel_info_request", {}, timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+            # A reply proves the shell socket; a status on iopub proves the
+            # subscription, without which the first outputs could be lost.
+            try:
+                await asyncio.wait_for(self._iopub_seen.wait(), 0.25)
+            except asyncio.TimeoutError:
+                continue
+            return reply.content()
+        raise KernelNotReady(f"the kernel did not answer within {timeout:g}s")

@@ -1,0 +1,176 @@
+"""``raygate``: the command line.
+
+Every ``serve`` option can also be set by a ``RAYGATE_*`` environment variable or in a
+TOML config file (``--config``), keyed by the option's name with underscores.
+Precedence: command line, then environment, then config file, then the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import fields
+from typing import Any
+
+import click
+import tomllib
+
+from raygate import __version__
+
+from .config import GatewayConfig
+
+ENV_PREFIX = "RAYGATE"
+
+
+def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from exc
+    section = data.get("raygate", data)
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **section}
+
+
+def _option(*names: str, **kwargs: Any):
+    kwargs.setdefault("show_default", True)
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*names, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="raygate")
+def main() -> None:
+    """raygate: a Jupyter kernel gateway for clusters."""
+
+
+@main.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config_file,
+    is_eager=True,
+    expose_value=False,
+    envvar="RAYGATE_CONFIG",
+    show_envvar=True,
+    help="TOML file with settings (keys as the options below, with underscores).",
+)
+@_option("--ip", default="127.0.0.1", help="Address to listen on.")
+@_option("--port", default=8888, type=click.IntRange(0, 65535), help="Port to listen on.")
+@_option(
+    "--auth-token",
+    default="",
+    show_default=False,
+    help="Token clients must send (Authorization: token T, or ?token=T). Empty: no auth.",
+)
+@_option(
+    "--allow-origin",
+    default="",
+    help="CORS: origins allowed to call the API, comma-separated, or '*'.",
+)
+@_option("--base-url", default="/", help="URL prefix the API is served under.")
+@_option(
+    "--max-kernels",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Most kernels at once, starts in flight included (0: no limit).",
+)
+@_option("--default-kernel-name", default="python3", help="Kernelspec for starts that name none.")
+@_option(
+    "--kernel-launch-timeout",
+    default=60.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a kernel may take to start, unless the request's KERNEL_LAUNCH_TIMEOUT says.",
+)
+@_option(
+    "--max-kernel-launch-timeout",
+    default=600.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Upper bound on a request's KERNEL_LAUNCH_TIMEOUT.",
+)
+@_option(
+    "--default-launcher",
+    default="local",
+    help="Where kernels run unless their kernelspec names a launcher (local).",
+)
+@_option(
+    "--cull-idle-timeout",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Shut down kernels idle this many seconds (0: never).",
+)
+@_option(
+    "--cull-interval",
+    default=300.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between checks for idle kernels.",
+)
+@_option(
+    "--cull-connected/--no-cull-connected",
+    default=False,
+    help="Also cull idle kernels that have clients connected.",
+)
+@_option("--cull-busy/--no-cull-busy", default=False, help="Also cull kernels that are busy.")
+@_option(
+    "--allowed-envs",
+    default="",
+    help="Comma-separated variables besides KERNEL_* that a start request may pass to its kernel.",
+)
+@_option(
+    "--kernelspec-dirs",
+    default="",
+    help="Extra directories to look for kernelspecs in, os.pathsep-separated, searched first.",
+)
+@_option(
+    "--ws-buffer-bytes",
+    default=64 * 1024 * 1024,
+    type=click.IntRange(min=1024),
+    help="Output queued per WebSocket client before the kernel's output waits for it.",
+)
+@_option(
+    "--ws-ping-interval",
+    default=30.0,
+    type=click.FloatRange(min=0),
+    help="Seconds between server pings on idle WebSockets (0: none).",
+)
+@_option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log verbosity.",
+)
+def serve(**options: Any) -> None:
+    """Serve the Kernel Gateway API and run kernels."""
+    import uvicorn
+
+    from .app import create_app
+
+    options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
+    options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]
+    known = {f.name for f in fields(GatewayConfig)}
+    config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        app = create_app(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    uvicorn.run(
+        app,
+        host=config.ip,
+        port=config.port,
+        log_level=config.log_level.lower(),
+        ws_ping_interval=config.ws_ping_interval or None,
+        ws_max_size=config.ws_max_message_bytes,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )

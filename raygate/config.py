@@ -1,0 +1,39 @@
+"""The gateway's settings, one dataclass shared by the CLI, the app and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GatewayConfig:
+    ip: str = "127.0.0.1"
+    port: int = 8888
+    auth_token: str = ""
+    allow_origin: str = ""
+    base_url: str = "/"
+    max_kernels: int = 0
+    """0: no limit."""
+    default_kernel_name: str = "python3"
+    kernel_launch_timeout: float = 60.0
+    max_kernel_launch_timeout: float = 600.0
+    default_launcher: str = "local"
+    cull_idle_timeout: float = 0.0
+    """Seconds without activity before a kernel is shut down; 0 turns culling off."""
+    cull_interval: float = 300.0
+    cull_connected: bool = False
+    cull_busy: bool = False
+    log_level: str = "info"
+    allowed_envs: list[str] = field(default_factory=list)
+    """Variables other than ``KERNEL_*`` that a start request may pass to its kernel."""
+    kernelspec_dirs: list[str] = field(default_factory=list)
+    ws_buffer_bytes: int = 64 * 1024 * 1024
+    ws_ping_interval: float = 30.0
+    ws_max_message_bytes: int = 256 * 1024 * 1024
+    monitor_interval: float = 1.0
+    restart_limit: int = 5
+    """Automatic restarts of a kernel that died, before it is declared dead."""
+
+    def __post_init__(self) -> None:
+        base = "/" + self.base_url.strip("/")
+        self.base_url = base if base == "/" else base + "/"

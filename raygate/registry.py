@@ -1,0 +1,336 @@
+"""The kernel registry: the one place that owns kernel state.
+
+It starts kernels through launchers, keeps each kernel's bridge, activity and
+connections, enforces limits, restarts kernels that die and culls idle ones. It knows
+nothing of where kernels run; that is the launchers' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq.asyncio
+
+from raygate.launchers import KernelHandle, KernelStartError, Launcher, LaunchRequest
+
+from .bridge.channels import KernelChannels, KernelNotReady
+from .bridge.messages import new_message
+from .config import GatewayConfig
+from .env import parse_timeout, validate_env
+from .errors import APIError
+from .kernelspecs import KernelSpecs, NoSuchKernel
+
+log = logging.getLogger("raygate.registry")
+
+
+def iso(ts: datetime) -> str:
+    """The timestamp form jupyter_server's gateway client parses."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Kernel:
+    id: str
+    name: str
+    launcher: Launcher
+    handle: KernelHandle
+    channels: KernelChannels
+    username: str | None = None
+    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    restarts: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    busy_with: str = ""
+    """``restarting`` or ``shutting down`` while the registry works on the kernel."""
+
+    @property
+    def interrupt_mode(self) -> str:
+        return self.handle.request.spec.interrupt_mode
+
+    def model(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "last_activity": iso(self.channels.last_activity),
+            "execution_state": self.channels.execution_state,
+            "connections": len(self.channels.clients),
+            "launcher": self.launcher.kind,
+            "placement": self.handle.placement,
+            "username": self.username,
+            "created": iso(self.created),
+        }
+
+
+class KernelRegistry:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        kernelspecs: KernelSpecs,
+        launchers: dict[str, Launcher],
+    ) -> None:
+        self.config = config
+        self.kernelspecs = kernelspecs
+        self.launchers = launchers
+        self.kernels: dict[str, Kernel] = {}
+        self.zmq_context = zmq.asyncio.Context()
+        self._starting = 0
+        self._monitor: asyncio.Task | None = None
+
+    # -- lifecycle of the registry ---------------------------------------------
+
+    async def open(self) -> None:
+        for launcher in self.launchers.values():
+            await launcher.start()
+            for handle in await launcher.find_running():
+                await self._adopt(launcher, handle)
+        self._monitor = asyncio.create_task(self._watch(), name="kernel-monitor")
+
+    async def close(self) -> None:
+        """Stop watching and shut down every kernel this gateway owns."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+        await asyncio.gather(
+            *(self.shutdown(kernel_id) for kernel_id in list(self.kernels)),
+            return_exceptions=True,
+        )
+        for launcher in self.launchers.values():
+            await launcher.close()
+        self.zmq_context.term()
+
+    async def _adopt(self, launcher: Launcher, handle: KernelHandle) -> None:
+        channels = self._channels_for(handle)
+        kernel = Kernel(
+            handle.kernel_id,
+            handle.request.spec.name,
+            launcher,
+            handle,
+            channels,
+            username=handle.request.username,
+        )
+        self.kernels[kernel.id] = kernel
+        log.info("kernel %s: found running (%s), serving it again", kernel.id, launcher.kind)
+
+    def _channels_for(self, handle: KernelHandle) -> KernelChannels:
+        channels = KernelChannels(
+            handle.kernel_id,
+            handle.connection,
+            self.zmq_context,
+            max_buffer_bytes=self.config.ws_buffer_bytes,
+        )
+        channels.open()
+        return channels
+
+    # -- queries ----------------------------------------------------------------
+
+    def get(self, kernel_id: str) -> Kernel:
+        kernel = self.kernels.get(kernel_id)
+        if kernel is None:
+            raise APIError(404, f"Kernel does not exist: {kernel_id}")
+        return kernel
+
+    def list(self) -> list[Kernel]:
+        return list(self.kernels.values())
+
+    # -- starting -----------------------------------------------------------------
+
+    async def start(self, name: str | None, env: Any) -> Kernel:
+        name = name or self.config.default_kernel_name
+        if not isinstance(name, str):
+            raise APIError(400, "'name' must be a string")
+        try:
+            spec = self.kernelspecs.launch_info(name)
+        except NoSuchKernel:
+            raise APIError(404, f"No such kernelspec: {name}") from None
+        kernel_env = validate_env(env, self.config.allowed_envs)
+        timeout = parse_timeout(
+            kernel_env.get("KERNEL_LAUNCH_TIMEOUT"),
+            self.config.kernel_launch_timeout,
+            self.config.max_kernel_launch_timeout,
+        )
+        kind = spec.metadata.get("raygate", {}).get("launcher") or self.config.default_launcher
+        launcher = self.launchers.get(kind)
+        if launcher is None:
+            raise APIError(
+                500,
+                f"Kernelspec {name} asks for launcher {kind!r}, which this gateway does not "
+                f"run (it has: {', '.join(sorted(self.launchers))})",
+            )
+        # Counted before the first await, so concurrent starts cannot overshoot the limit.
+        limit = self.config.max_kernels
+        if limit and len(self.kernels) + self._starting >= limit:
+            raise APIError(
+                403, f"Resource limit reached: this gateway runs at most {limit} kernels"
+            )
+        self._starting += 1
+        try:
+            request = LaunchRequest(
+                kernel_id=str(uuid.uuid4()),
+                spec=spec,
+                env=kernel_env,
+                launch_timeout=timeout,
+                username=kernel_env.get("KERNEL_USERNAME") or None,
+                cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
+            )
+            kernel = await self._launch(launcher, request)
+        finally:
+            self._starting -= 1
+        self.kernels[kernel.id] = kernel
+        return kernel
+
+    async def _launch(self, launcher: Launcher, request: LaunchRequest) -> Kernel:
+        started = time.monotonic()
+        name = request.spec.name
+        try:
+            handle = await asyncio.wait_for(launcher.launch(request), request.launch_timeout)
+        except KernelStartError as exc:
+            raise APIError(exc.status, f"Kernel {name} failed to start: {exc}") from None
+        except asyncio.TimeoutError:
+            raise APIError(
+                504, f"Kernel {name} did not start within {request.launch_timeout:g}s"
+            ) from None
+        channels = self._channels_for(handle)
+        remaining = request.launch_timeout - (time.monotonic() - started)
+        try:
+            await channels.wait_for_ready(max(remaining, 1.0), handle.is_alive)
+        except Exception as exc:
+            reason = await handle.failure_reason()
+            channels.close_sockets()
+            await handle.shutdown()
+            detail = f"{exc}" + (f"\n{reason}" if reason else "")
+            raise APIError(500, f"Kernel {name} failed to start: {detail}") from None
+        if channels.execution_state in ("starting", "busy"):
+            channels.execution_state = "idle"  # the busy/idle of our own probe
+        log.info(
+            "kernel %s: started %s with %s in %.2fs",
+            request.kernel_id,
+            name,
+            launcher.kind,
+            time.monotonic() - started,
+        )
+        return Kernel(
+            request.kernel_id, name, launcher, handle, channels, username=request.username
+        )
+
+    # -- control ------------------------------------------------------------------
+
+    async def interrupt(self, kernel_id: str) -> None:
+        kernel = self.get(kernel_id)
+        if kernel.interrupt_mode == "message":
+            message = new_message("control", "interrupt_request", {}, kernel.channels.session)
+            await kernel.channels.send(message)
+        else:
+            await kernel.handle.signal(signal.SIGINT)
+
+    async def restart(self, kernel_id: str, reason: str = "") -> Kernel:
+        kernel = self.get(kernel_id)
+        async with kernel.lock:
+            kernel.busy_with = "restarting"
+            try:
+                await self._restart(kernel, reason)
+            finally:
+                kernel.busy_with = ""
+        return kernel
+
+    async def _restart(self, kernel: Kernel, reason: str) -> None:
+        channels = kernel.channels
+        channels.broadcast_status("restarting", reason)
+        channels.expect_restart()
+        try:
+            connection = await kernel.handle.restart()
+        except KernelStartError as exc:
+            raise APIError(exc.status, f"Kernel {kernel.id} failed to restart: {exc}") from None
+        if connection != kernel.handle.connection:
+            kernel.handle.connection = connection
+            channels.reconnect(connection)
+        timeout = kernel.handle.request.launch_timeout
+        try:
+            await channels.wait_for_ready(timeout, kernel.handle.is_alive)
+        except KernelNotReady as exc:
+            detail = await kernel.handle.failure_reason()
+            raise APIError(500, f"Kernel {kernel.id} failed to restart: {exc}\n{detail}") from None
+        log.info("kernel %s: restarted", kernel.id)
+
+    async def shutdown(self, kernel_id: str) -> None:
+        kernel = self.kernels.pop(kernel_id, None)
+        if kernel is None:
+            raise APIError(404, f"Kernel does not exist: {kernel_id}")
+        kernel.busy_with = "shutting down"
+        try:
+            await kernel.channels.request(
+                "control", "shutdown_request", {"restart": False}, timeout=1.0
+            )
+        except Exception:
+            pass  # a kernel that does not answer is stopped the hard way below
+        await kernel.handle.shutdown()
+        await kernel.channels.close(1000, "kernel shut down")
+        log.info("kernel %s: shut down", kernel_id)
+
+    # -- watching -----------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        last_cull = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.monitor_interval)
+            try:
+                await self._check_liveness()
+                if (
+                    self.config.cull_idle_timeout > 0
+                    and time.monotonic() - last_cull >= self.config.cull_interval
+                ):
+                    last_cull = time.monotonic()
+                    await self.cull()
+            except Exception:
+                log.exception("kernel monitor failed; carrying on")
+
+    async def _check_liveness(self) -> None:
+        by_launcher: dict[str, list[Kernel]] = {}
+        for kernel in self.kernels.values():
+            if not kernel.busy_with:
+                by_launcher.setdefault(kernel.launcher.kind, []).append(kernel)
+        for kind, kernels in by_launcher.items():
+            alive = await self.launchers[kind].check_alive([k.handle for k in kernels])
+            for kernel in kernels:
+                if not alive.get(kernel.id, True) and not kernel.busy_with:
+                    await self._on_died(kernel)
+
+    async def _on_died(self, kernel: Kernel) -> None:
+        reason = await kernel.handle.failure_reason() or "the kernel process exited"
+        log.warning("kernel %s died: %s", kernel.id, reason)
+        if kernel.restarts < self.config.restart_limit and kernel.id in self.kernels:
+            kernel.restarts += 1
+            try:
+                await self.restart(kernel.id, reason=f"kernel died: {reason}")
+                return
+            except APIError as exc:
+                reason = exc.message
+        kernel.channels.broadcast_status("dead", reason)
+        await asyncio.sleep(0.1)  # let the notice reach the clients before they are closed
+        if kernel.id in self.kernels:
+            await self.shutdown(kernel.id)
+
+    async def cull(self) -> list[str]:
+        """Shut down kernels idle longer than the cull timeout; returns their ids."""
+        now = datetime.now(timezone.utc)
+        culled = []
+        for kernel in list(self.kernels.values()):
+            if kernel.busy_with:
+                continue
+            if kernel.channels.clients and not self.config.cull_connected:
+                continue
+            if kernel.channels.execution_state == "busy" and not self.config.cull_busy:
+                continue
+            idle = (now - kernel.channels.last_activity).total_seconds()
+            if idle > self.config.cull_idle_timeout:
+                log.info("kernel %s: culled after %.0fs idle", kernel.id, idle)
+                culled.append(kernel.id)
+                try:
+                    await self.shutdown(kernel.id)
+                except APIError:
+                    pass
+        return culled

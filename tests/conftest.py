@@ -1,0 +1,134 @@
+"""Shared fixtures: real ``raygate serve`` processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import psutil
+import pytest
+from kgclient import Gateway
+
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A ``raygate serve`` started for a test, with its output kept for failures."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, token: str = TOKEN
+    ) -> None:
+        self.port = free_port()
+        self.token = token
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *args]
+        if token:
+            cmd += ["--auth-token", token]
+        self.log_path = f"/tmp/raygate-test-{self.port}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self.client = Gateway(self.url, token)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"raygate exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/api", timeout=1).status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"raygate did not come up:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def kernel_pids(self) -> list[int]:
+        """Kernel processes started by this gateway (its descendants)."""
+        try:
+            return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    """The pids still alive (not zombies) after waiting up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.fixture(scope="session")
+def gateway_server() -> Iterator[ServerProcess]:
+    """One local-launcher gateway for the tests that do not need their own."""
+    server = ServerProcess(["--default-launcher", "local", "--max-kernels", "8"])
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(gateway_server: ServerProcess) -> Iterator[Gateway]:
+    """The shared gateway; kernels a test leaves behind are shut down after it."""
+    client = gateway_server.client
+    before = {k["id"] for k in client.get("/api/kernels").json()}
+    yield client
+    for k in client.get("/api/kernels").json():
+        if k["id"] not in before:
+            client.shutdown_kernel(k["id"])
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Start a gateway with its own options; stopped after the test."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, token: str = TOKEN) -> ServerProcess:
+        server = ServerProcess(list(args), env=env, token=token)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
