@@ -57,7 +57,8 @@ class ServerProcess:
         raise RuntimeError(f"raygate did not come up:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, errors="replace") as f:
             return f.read()
 

@@ -1,0 +1,36 @@
+"""Kernelspecs made for tests: real kernels started in unusual ways."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def write_kernelspec(root: str, name: str, argv: list[str], **extra: object) -> str:
+    path = os.path.join(root, name)
+    os.makedirs(path, exist_ok=True)
+    spec = {"argv": argv, "display_name": name, "language": "python", **extra}
+    with open(os.path.join(path, "kernel.json"), "w") as f:
+        json.dump(spec, f)
+    return path
+
+
+def ipykernel_argv() -> list[str]:
+    return [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def make_test_kernelspecs(root: str) -> str:
+    """A directory of kernelspecs: one that crashes, one interrupted by message."""
+    write_kernelspec(
+        root,
+        "broken",
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.stderr.write('boom: no such module foo'); sys.exit(3)",
+        ],
+    )
+    write_kernelspec(root, "by-message", ipykernel_argv(), interrupt_mode="message")
+    write_kernelspec(root, "python3", ipykernel_argv())
+    return root

@@ -1,0 +1,150 @@
+"""``raygate serve`` as operators run it: options, signals, culling, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import ServerProcess, wait_gone
+
+
+def test_help_documents_every_option_and_its_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "raygate", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--ip", "--port", "--auth-token", "--allow-origin", "--base-url", "--max-kernels",
+        "--default-kernel-name", "--kernel-launch-timeout", "--default-launcher",
+        "--cull-idle-timeout", "--cull-interval", "--cull-connected", "--cull-busy", "--log-level",
+    ):  # fmt: skip
+        assert flag in out, flag
+        assert "RAYGATE_" + flag[2:].upper().replace("-", "_") in out, flag
+
+
+def test_sigterm_stops_kernels(start_server) -> None:
+    server: ServerProcess = start_server("--default-launcher", "local")
+    for _ in range(2):
+        server.client.start_kernel()
+    pids = server.kernel_pids()
+    assert len(pids) >= 2
+    # uvicorn re-raises the signal once shut down, so the exit is "by SIGTERM"
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert wait_gone(pids) == []
+    assert "shut down" in server.output()
+    assert "Application shutdown complete" in server.output()
+
+
+def test_sigint_stops_kernels(start_server) -> None:
+    server: ServerProcess = start_server("--default-launcher", "local")
+    server.client.start_kernel()
+    pids = server.kernel_pids()
+    server.stop(signal.SIGINT)
+    assert wait_gone(pids) == []
+
+
+def test_sigkill_leaves_no_orphans(start_server) -> None:
+    server: ServerProcess = start_server("--default-launcher", "local")
+    server.client.start_kernel()
+    server.client.start_kernel()
+    pids = server.kernel_pids()
+    assert pids
+    server.stop(signal.SIGKILL)
+    assert wait_gone(pids) == []
+
+
+def test_env_vars_and_config_file(start_server, tmp_path) -> None:
+    config = tmp_path / "raygate.toml"
+    config.write_text('base_url = "/gw"\nmax_kernels = 1\n')
+    server: ServerProcess = start_server(
+        "--default-launcher",
+        "local",
+        env={"RAYGATE_CONFIG": str(config), "RAYGATE_MAX_KERNELS": "3"},
+    )
+    gw = server.client
+    assert gw.get("/api").status_code == 404
+    assert gw.get("/gw/api").status_code == 200
+    r = gw.post("/gw/api/kernels", json={"name": "python3"})
+    assert r.status_code == 201
+    assert r.headers["location"].startswith("/gw/api/kernels/")
+    # the variable outranks the file: a second kernel fits under 3
+    assert gw.post("/gw/api/kernels", json={}).status_code == 201
+    logo = gw.get("/gw/api/kernelspecs").json()["kernelspecs"]["python3"]["resources"]["logo-64x64"]
+    assert logo.startswith("/gw/kernelspecs/")
+    assert gw.get(logo).status_code == 200
+
+
+def test_bad_config_is_a_clear_error(tmp_path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("no_such_setting = 1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "raygate", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert "no_such_setting" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "raygate", "serve", "--default-launcher", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "nowhere" in r.stderr
+
+
+def test_cors(start_server) -> None:
+    server: ServerProcess = start_server(
+        "--default-launcher", "local", "--allow-origin", "https://lab.example"
+    )
+    r = httpx.options(
+        server.url + "/api/kernels",
+        headers={
+            "Origin": "https://lab.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://lab.example"
+    r = server.client.get("/api", headers={"Origin": "https://lab.example"})
+    assert r.headers["access-control-allow-origin"] == "https://lab.example"
+
+
+async def test_culling(start_server) -> None:
+    server: ServerProcess = start_server(
+        "--default-launcher", "local", "--cull-idle-timeout", "2", "--cull-interval", "0.5"
+    )
+    gw = server.client
+    idle = gw.start_kernel()
+    connected = gw.start_kernel()
+    ws = await gw.connect(connected["id"])
+    await ws.execute("1")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ids = {k["id"] for k in gw.get("/api/kernels").json()}
+        if idle["id"] not in ids:
+            break
+        await asyncio.sleep(0.2)
+    assert idle["id"] not in ids
+    # a connected kernel stays unless --cull-connected
+    await asyncio.sleep(2.5)
+    assert gw.get(f"/api/kernels/{connected['id']}").status_code == 200
+    await ws.close()
+
+
+def test_kernel_processes_are_own_session(start_server) -> None:
+    """Ctrl-C at the gateway's terminal must not interrupt every kernel."""
+    server: ServerProcess = start_server("--default-launcher", "local")
+    server.client.start_kernel()
+    (pid,) = server.kernel_pids()[:1]
+    assert os.getsid(pid) == pid
