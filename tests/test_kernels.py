@@ -219,3 +219,65 @@ async def test_malformed_ws_messages_keep_connection(gateway: Gateway, binary: b
     out = await ws.execute("1 + 1")
     assert out.result == "2"
     await ws.close()
+
+
+async def test_slow_client_gets_every_byte(start_server) -> None:
+    """A client that stops reading holds output back (bounded), and loses none of it."""
+    server = start_server("--default-launcher", "local", "--ws-buffer-bytes", "1048576")
+    gw = server.client
+    kernel = gw.start_kernel()
+    ws = await gw.connect(kernel["id"], max_queue=1)
+    await ws.send(message("execute_request", {"code": "for i in range(8): print(str(i) * 2**20)"}))
+    await asyncio.sleep(3)  # the client reads nothing meanwhile
+    text = ""
+    while True:
+        m = await ws.recv(60)
+        if m["header"]["msg_type"] == "stream":
+            text += m["content"]["text"]
+        if m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            break
+    assert text == "".join(str(i) * 2**20 + "\n" for i in range(8))
+    await ws.close()
+
+
+def test_server_pings_idle_websockets(start_server) -> None:
+    """An idle client that never pings still hears from the server."""
+    import base64
+    import os
+    import socket
+
+    server = start_server("--default-launcher", "local", "--ws-ping-interval", "0.5")
+    kernel = server.client.start_kernel()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /api/kernels/{kernel['id']}/channels?token={server.token} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101")
+    data = data.split(b"\r\n\r\n", 1)[1]
+
+    def take(n: int) -> bytes:
+        nonlocal data
+        while len(data) < n:
+            data += sock.recv(65536)
+        chunk, data = data[:n], data[n:]
+        return chunk
+
+    opcodes = []
+    while 0x9 not in opcodes:  # the socket's timeout ends this if no ping comes
+        first, second = take(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(take(2), "big")
+        elif length == 127:
+            length = int.from_bytes(take(8), "big")
+        take(length)
+        opcodes.append(first & 0x0F)
+    sock.close()
