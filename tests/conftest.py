@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import psutil
 import pytest
+
 from kgclient import Gateway
 
 TOKEN = "test-token"

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime
 
 import pytest
+
 from kgclient import Gateway, message
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
