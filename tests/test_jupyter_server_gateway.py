@@ -42,7 +42,7 @@ class JupyterServer:
                 f"--gateway-url={gateway.url}",
                 f"--GatewayClient.auth_token={gateway.token}",
                 "--GatewayClient.request_timeout=60",
-            ],  # fmt: skip
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime")},
