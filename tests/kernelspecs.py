@@ -33,4 +33,18 @@ def make_test_kernelspecs(root: str) -> str:
     )
     write_kernelspec(root, "by-message", ipykernel_argv(), interrupt_mode="message")
     write_kernelspec(root, "python3", ipykernel_argv())
+    # starts an ipykernel unless the file "no-more-starts" exists beside the kernelspecs
+    marker = os.path.join(root, "no-more-starts")
+    write_kernelspec(
+        root,
+        "fragile",
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            f"if os.path.exists({marker!r}): sys.exit('refusing to start again')\n"
+            "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])",
+            "{connection_file}",
+        ],
+    )
     return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import time
 
 import httpx
@@ -12,7 +13,7 @@ import websockets
 
 from conftest import ServerProcess
 from kernelspecs import make_test_kernelspecs
-from kgclient import Gateway
+from kgclient import Gateway, message
 
 
 def assert_error(r: httpx.Response, status: int, words: str = "") -> dict:
@@ -188,11 +189,7 @@ async def test_kernel_death_is_announced_and_recovered(gw: Gateway) -> None:
     kernel = gw.start_kernel()
     ws = await gw.connect(kernel["id"])
     await ws.execute("before = 1")
-    await ws.send(
-        __import__("kgclient").message(
-            "execute_request", {"code": "import os; os._exit(1)", "silent": False}
-        )
-    )
+    await ws.send(message("execute_request", {"code": "import os; os._exit(1)", "silent": False}))
     states = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "restarting" not in states:
@@ -209,6 +206,30 @@ async def test_kernel_death_is_announced_and_recovered(gw: Gateway) -> None:
     out = await ws.execute("'before' in globals()")
     assert out.result == "False"
     await ws.close()
+
+
+async def test_kernel_that_cannot_come_back_is_dead(server: ServerProcess, gw: Gateway) -> None:
+    kernel = gw.start_kernel("fragile")
+    specs_dir = server.proc.args[server.proc.args.index("--kernelspec-dirs") + 1]
+    a = await gw.connect(kernel["id"])
+    b = await gw.connect(kernel["id"], binary=True)
+    open(os.path.join(specs_dir, "no-more-starts"), "w").close()
+    try:
+        await a.send(message("execute_request", {"code": "import os; os._exit(1)"}))
+        for ws in (a, b):
+            states = []
+            while "dead" not in states:
+                m = await ws.recv(30)
+                if m["header"]["msg_type"] == "status":
+                    states.append(m["content"]["execution_state"])
+            assert states[-2:] == ["restarting", "dead"]
+            assert "refusing to start again" in m["content"]["reason"]
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv(10)
+        assert_error(gw.get(f"/api/kernels/{kernel['id']}"), 404)
+    finally:
+        os.unlink(os.path.join(specs_dir, "no-more-starts"))
+    assert_healthy(gw)
 
 
 def test_sessions_api(gw: Gateway) -> None:
