@@ -27,4 +27,18 @@ def launcher_kinds() -> dict[str, type[Launcher]]:
     from .local import LocalLauncher
 
     kinds: dict[str, type[Launcher]] = {LocalLauncher.kind: LocalLauncher}
+    try:
+        from .ssh import SSHLauncher
+
+        kinds[SSHLauncher.kind] = SSHLauncher
+    except ModuleNotFoundError as exc:  # asyncssh not installed: no ssh launcher
+        if exc.name != "asyncssh":
+            raise
+    try:
+        from .dask import DaskLauncher
+
+        kinds[DaskLauncher.kind] = DaskLauncher
+    except ModuleNotFoundError as exc:  # distributed not installed: no dask launcher
+        if exc.name not in ("distributed", "raygate.launchers.dask"):
+            raise
     return kinds

@@ -55,7 +55,11 @@ def api_routes() -> list[BaseRoute]:
 
 
 def default_launchers(config: GatewayConfig) -> dict[str, Launcher]:
-    return {kind: cls() for kind, cls in launcher_kinds().items()}
+    launchers: dict[str, Launcher] = {}
+    for kind, cls in launcher_kinds().items():
+        from_config = getattr(cls, "from_config", None)
+        launchers[kind] = from_config(config) if from_config else cls()
+    return launchers
 
 
 def create_app(

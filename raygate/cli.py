@@ -140,6 +140,73 @@ def main() -> None:
     help="Seconds between server pings on idle WebSockets (0: none).",
 )
 @_option(
+    "--state-dir",
+    default="",
+    help="Where remote launchers (ssh, dask) keep their kernels' reattach records "
+    "(0600 files). Default: $XDG_STATE_HOME/raygate or ~/.local/state/raygate.",
+)
+@_option(
+    "--report-ip",
+    default="0.0.0.0",
+    help="Interface the listener for remote kernels' connection reports binds.",
+)
+@_option(
+    "--report-port",
+    default=0,
+    type=click.IntRange(0, 65535),
+    help="Port of the report listener (0: any free port).",
+)
+@_option(
+    "--report-address",
+    default="",
+    help="Address remote bootstraps reach the report listener at (default: the "
+    "gateway's address as seen from each SSH host or the Dask scheduler).",
+)
+@_option(
+    "--ssh-hosts",
+    default="",
+    help="Comma-separated [user@]host[:port] list the ssh launcher places kernels on.",
+)
+@_option("--ssh-port", default=22, type=click.IntRange(1, 65535), help="Default SSH port.")
+@_option(
+    "--ssh-user",
+    default="",
+    help="Remote account that runs kernels (default: the gateway's own user).",
+)
+@_option(
+    "--ssh-user-from-request/--no-ssh-user-from-request",
+    default=False,
+    help="Run each kernel as the account its request names in KERNEL_USERNAME.",
+)
+@_option("--ssh-key-file", default="", help="Private key for SSH logins (default: ssh's own).")
+@_option(
+    "--ssh-known-hosts",
+    default="",
+    help="known_hosts file SSH host keys are checked against (default: ~/.ssh/known_hosts).",
+)
+@_option(
+    "--ssh-accept-new-host-keys/--no-ssh-accept-new-host-keys",
+    default=False,
+    help="Trust and record the key of a host known_hosts has no entry for (a changed key "
+    "is always refused).",
+)
+@_option(
+    "--ssh-host-selection",
+    default="round-robin",
+    type=click.Choice(["round-robin", "least-kernels"]),
+    help="How the ssh launcher picks a host when KERNEL_REMOTE_HOST does not pin one.",
+)
+@_option(
+    "--ssh-python",
+    default="",
+    help="Python on the SSH hosts that has raygate installed (default: the gateway's).",
+)
+@_option(
+    "--dask-scheduler",
+    default="",
+    help="Address of the Dask scheduler the dask launcher places kernels through.",
+)
+@_option(
     "--log-level",
     default="info",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -153,6 +220,7 @@ def serve(**options: Any) -> None:
 
     options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
     options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]
+    options["ssh_hosts"] = [h.strip() for h in options["ssh_hosts"].split(",") if h.strip()]
     known = {f.name for f in fields(GatewayConfig)}
     config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
     logging.basicConfig(

@@ -33,6 +33,23 @@ class GatewayConfig:
     monitor_interval: float = 1.0
     restart_limit: int = 5
     """Automatic restarts of a kernel that died, before it is declared dead."""
+    # Remote kernels (SSH, Dask): the bootstrap's report listener and reattach records.
+    state_dir: str = ""
+    """Where remote launchers keep what they need to find their kernels again."""
+    report_ip: str = "0.0.0.0"
+    report_port: int = 0
+    report_address: str = ""
+    """Address bootstraps reach the report listener at (default: found per host)."""
+    ssh_hosts: list[str] = field(default_factory=list)
+    ssh_port: int = 22
+    ssh_user: str = ""
+    ssh_user_from_request: bool = False
+    ssh_key_file: str = ""
+    ssh_known_hosts: str = ""
+    ssh_accept_new_host_keys: bool = False
+    ssh_host_selection: str = "round-robin"
+    ssh_python: str = ""
+    dask_scheduler: str = ""
 
     def __post_init__(self) -> None:
         base = "/" + self.base_url.strip("/")

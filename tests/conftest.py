@@ -134,3 +134,19 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One private OpenSSH server for the session: "hosts" 127.0.0.2 and 127.0.0.3 (in its
+    known_hosts file) and 127.0.0.5 (not in it), all on one port."""
+    from sshd import SSHD, SSHServer
+
+    if not os.path.exists(SSHD):
+        pytest.skip("openssh-server is not installed (.ci/run installs it)")
+    server = SSHServer(
+        str(tmp_path_factory.mktemp("sshd")), ["127.0.0.2", "127.0.0.3"], unlisted=["127.0.0.5"]
+    )
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,467 @@
+"""What the launchers that start kernels through the bootstrap share (SSH, Dask, ...).
+
+* :class:`RemoteKernel`: a kernel driven through its bootstrap's control endpoint;
+* :class:`StateStore`: the reattach records a restarted gateway reads (0600 files);
+* :class:`RemoteLauncher`: the report listener, the state and ``find_running``;
+* :func:`requested_resources`: the resource request as numbers, whatever form it came in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+from .base import (
+    ConnectionInfo,
+    KernelHandle,
+    KernelSpecInfo,
+    KernelStartError,
+    Launcher,
+    LaunchRequest,
+)
+from .report import (
+    ChannelError,
+    ReportListener,
+    control_request,
+    decode_secret,
+    encode_secret,
+)
+
+log = logging.getLogger("raygate.launchers.remote")
+
+STATE_VERSION = 1
+DEAD_AFTER_FAILED_CHECKS = 3
+"""Liveness checks that time out in a row before a kernel is taken for dead."""
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "raygate")
+
+
+# -- resources --------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_MEMORY_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024, "mi": 1024**2}
+_MEMORY_UNITS.update({"gi": 1024**3, "ti": 1024**4})
+
+
+def _memory_bytes(value: Any) -> float | None:
+    number = _number(value)
+    if number is not None or not isinstance(value, str):
+        return number
+    text = value.strip().lower().removesuffix("b")
+    for unit in sorted(_MEMORY_UNITS, key=len, reverse=True):
+        if unit and text.endswith(unit):
+            amount = _number(text[: -len(unit)])
+            return None if amount is None else amount * _MEMORY_UNITS[unit]
+    return None
+
+
+def requested_resources(request: LaunchRequest) -> dict[str, float]:
+    """``{"CPU": .., "GPU": .., "memory": bytes, <custom>: ..}`` for a launch request.
+
+    Reads ``request.resources`` (the launcher-neutral request model, as a mapping or an
+    object with ``cpus``/``gpus``/``memory``/``custom`` fields); when that is empty, the
+    kernelspec's ``metadata.raygate.resources`` and the ``KERNEL_CPUS``, ``KERNEL_GPUS``
+    and ``KERNEL_MEMORY`` variables.
+    """
+    res: Any = request.resources
+    if res is not None and not isinstance(res, dict):
+        to_dict = getattr(res, "to_dict", None)
+        res = to_dict() if callable(to_dict) else dataclasses.asdict(res)
+    if not res:
+        res = dict(request.spec.metadata.get("raygate", {}).get("resources") or {})
+        for key, var in (
+            ("cpus", "KERNEL_CPUS"),
+            ("gpus", "KERNEL_GPUS"),
+            ("memory", "KERNEL_MEMORY"),
+        ):
+            if request.env.get(var):
+                res[key] = request.env[var]
+    out: dict[str, float] = {}
+    for key, name in (("cpus", "CPU"), ("num_cpus", "CPU"), ("gpus", "GPU"), ("num_gpus", "GPU")):
+        amount = _number(res.get(key))
+        if amount:
+            out[name] = amount
+    memory = _memory_bytes(res.get("memory"))
+    if memory:
+        out["memory"] = memory
+    custom = res.get("custom") or res.get("resources") or {}
+    if isinstance(custom, dict):
+        for name, value in custom.items():
+            amount = _number(value)
+            if amount:
+                out[str(name)] = amount
+    return out
+
+
+def describe_resources(resources: dict[str, float]) -> str:
+    if not resources:
+        return "no resources"
+    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
+
+
+# -- reattach records --------------------------------------------------------------------
+
+
+def request_to_dict(request: LaunchRequest) -> dict[str, Any]:
+    data = dataclasses.asdict(request)
+    if not isinstance(data.get("resources"), dict | None):
+        data["resources"] = {}
+    return data
+
+
+def request_from_dict(data: dict[str, Any]) -> LaunchRequest:
+    spec_fields = {f.name for f in dataclasses.fields(KernelSpecInfo)}
+    spec = KernelSpecInfo(**{k: v for k, v in data["spec"].items() if k in spec_fields})
+    req_fields = {f.name for f in dataclasses.fields(LaunchRequest)} - {"spec"}
+    kwargs = {k: v for k, v in data.items() if k in req_fields}
+    return LaunchRequest(spec=spec, **kwargs)
+
+
+class StateStore:
+    """One JSON file per remote kernel in a private directory: what a gateway needs to
+    serve the kernel again after a restart (host, control port, secret, connection info,
+    the launch request). Directory 0700, files 0600, written atomically."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.join(root or default_state_dir(), "kernels")
+
+    def _path(self, kind: str, kernel_id: str) -> str:
+        return os.path.join(self.root, f"{kind}-{kernel_id}.json")
+
+    def save(self, kind: str, kernel_id: str, record: dict[str, Any]) -> None:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")  # created 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": STATE_VERSION, "kind": kind, **record}, f)
+            os.replace(tmp, self._path(kind, kernel_id))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def remove(self, kind: str, kernel_id: str) -> None:
+        try:
+            os.unlink(self._path(kind, kernel_id))
+        except FileNotFoundError:
+            pass
+
+    def load(self, kind: str) -> list[dict[str, Any]]:
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        records = []
+        for name in names:
+            if not (name.startswith(kind + "-") and name.endswith(".json")):
+                continue
+            path = os.path.join(self.root, name)
+            try:
+                with open(path) as f:
+                    record = json.load(f)
+                if record.get("version") != STATE_VERSION or record.get("kind") != kind:
+                    raise ValueError("unknown record version or kind")
+                records.append(record)
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable kernel record %s: %s", path, exc)
+        return records
+
+
+# -- the handle ---------------------------------------------------------------------------
+
+
+class RemoteKernel(KernelHandle):
+    """A kernel whose bootstrap runs elsewhere; every action is a control request."""
+
+    def __init__(
+        self,
+        launcher: RemoteLauncher,
+        request: LaunchRequest,
+        connection: ConnectionInfo,
+        secret: bytes,
+        control_host: str,
+        control_port: int,
+        placement: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(request, connection)
+        self.launcher = launcher
+        self.secret = secret
+        self.control_host = control_host
+        self.control_port = control_port
+        self.placement = placement
+        self.extra = dict(extra or {})
+        """Launcher-specific reattach data (e.g. the bootstrap pid, the Dask task key)."""
+        self.failed_checks = 0
+        self.last_status: dict[str, Any] = {}
+        self.stopped = False
+
+    # -- persistence --
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "kernel_id": self.kernel_id,
+            "secret": encode_secret(self.secret),
+            "control": {"host": self.control_host, "port": self.control_port},
+            "connection": self.connection.to_dict(),
+            "placement": self.placement,
+            "request": request_to_dict(self.request),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_record(cls, launcher: RemoteLauncher, record: dict[str, Any]) -> RemoteKernel:
+        return cls(
+            launcher,
+            request_from_dict(record["request"]),
+            ConnectionInfo.from_dict(record["connection"]),
+            decode_secret(record["secret"]),
+            record["control"]["host"],
+            int(record["control"]["port"]),
+            record.get("placement") or {},
+            record.get("extra") or {},
+        )
+
+    # -- control --
+
+    async def control(self, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+        reply = await control_request(
+            self.control_host, self.control_port, self.secret, self.kernel_id, op, timeout, **args
+        )
+        if not reply.get("ok"):
+            raise ChannelError(reply.get("error") or f"{op} failed")
+        return reply
+
+    async def is_alive(self) -> bool:
+        if self.stopped:
+            return False
+        try:
+            self.last_status = await self.control("status", timeout=5.0)
+        except (ConnectionRefusedError, ConnectionResetError):
+            self.last_status = {"alive": False, "error": "its bootstrap is gone"}
+            return False
+        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+            self.failed_checks += 1
+            log.warning(
+                "kernel %s: liveness check %d failed: %s", self.kernel_id, self.failed_checks, exc
+            )
+            if self.failed_checks >= DEAD_AFTER_FAILED_CHECKS:
+                self.last_status = {"alive": False, "error": f"unreachable: {exc}"}
+                return False
+            return True
+        self.failed_checks = 0
+        return bool(self.last_status.get("alive"))
+
+    async def signal(self, signum: int) -> None:
+        try:
+            await self.control("signal", signum=int(signum))
+        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+            raise RuntimeError(f"could not signal kernel {self.kernel_id}: {exc}") from exc
+
+    async def restart(self) -> ConnectionInfo:
+        try:
+            reply = await self.control("restart", timeout=max(self.request.launch_timeout, 10.0))
+        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+            raise KernelStartError(f"its bootstrap did not restart it: {exc}") from exc
+        self.connection = ConnectionInfo.from_dict(reply["connection"])
+        if reply.get("pid"):
+            self.placement["pid"] = reply["pid"]
+        self.failed_checks = 0
+        self.launcher.persist(self)
+        return self.connection
+
+    async def shutdown(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            await self.control("shutdown", timeout=15.0)
+        except (ConnectionRefusedError, ConnectionResetError):
+            pass  # the bootstrap has already gone
+        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+            log.warning("kernel %s: shutdown through its bootstrap failed: %s", self.kernel_id, exc)
+            await self.launcher.force_stop(self)
+        self.launcher.forget(self)
+
+    async def failure_reason(self) -> str:
+        status = self.last_status
+        if not status:
+            return ""
+        parts = []
+        if status.get("error"):
+            parts.append(str(status["error"]))
+        if status.get("exit_code") is not None:
+            parts.append(f"exited with code {status['exit_code']}")
+        if status.get("tail"):
+            parts.append(str(status["tail"]))
+        return ": ".join(parts)
+
+
+# -- the launcher -------------------------------------------------------------------------
+
+
+class RemoteLauncher(Launcher):
+    """Base of launchers whose kernels are started by :mod:`.bootstrap` somewhere else."""
+
+    kind = "remote"
+
+    def __init__(
+        self,
+        listener: ReportListener | None = None,
+        state_dir: str = "",
+        report_address: str = "",
+    ) -> None:
+        self.listener = listener or ReportListener.shared()
+        self.state = StateStore(state_dir)
+        self.report_address = report_address
+        self.kernels: dict[str, RemoteKernel] = {}
+        self._started = False
+
+    async def listen(self) -> None:
+        """Start the report listener; done on first need, so idle launchers bind nothing."""
+        if not self._started:
+            await self.listener.start()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self.listener.close()
+
+    # -- bookkeeping --
+
+    def persist(self, kernel: RemoteKernel) -> None:
+        self.state.save(self.kind, kernel.kernel_id, kernel.record())
+
+    def forget(self, kernel: RemoteKernel) -> None:
+        self.kernels.pop(kernel.kernel_id, None)
+        self.state.remove(self.kind, kernel.kernel_id)
+
+    async def force_stop(self, kernel: RemoteKernel) -> None:
+        """Stop a kernel whose bootstrap does not answer (launcher-specific)."""
+
+    # -- launching --
+
+    def bootstrap_settings(
+        self,
+        request: LaunchRequest,
+        secret: bytes,
+        report_host: str,
+        placement: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The bootstrap's settings for a request (see :mod:`.bootstrap`)."""
+        env = dict(request.spec.env)
+        env.update(request.env)
+        if request.username:
+            env["KERNEL_USERNAME"] = request.username
+        return {
+            "kernel_id": request.kernel_id,
+            "secret": encode_secret(secret),
+            "argv": list(request.spec.argv),
+            "env": env,
+            "cwd": request.cwd or "",
+            "report": {"host": report_host, "port": self.listener.bound_port},
+            "placement": placement or {},
+            **extra,
+        }
+
+    def from_report(
+        self,
+        request: LaunchRequest,
+        secret: bytes,
+        report: dict[str, Any],
+        placement: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> RemoteKernel:
+        """Make, persist and track the handle of a kernel whose bootstrap reported."""
+        try:
+            connection = ConnectionInfo.from_dict(report["connection"])
+            control = report["control"]
+            placement = {
+                **placement,
+                **(report.get("placement") or {}),
+                "pid": report.get("pid"),
+                "bootstrap_pid": report.get("bootstrap_pid"),
+                "hostname": report.get("hostname"),
+            }
+            kernel = RemoteKernel(
+                self,
+                request,
+                connection,
+                secret,
+                str(control["host"]),
+                int(control["port"]),
+                placement,
+                {**(extra or {}), "bootstrap_pid": report.get("bootstrap_pid")},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KernelStartError(f"the kernel's report was incomplete: {exc}") from exc
+        self.persist(kernel)
+        self.kernels[kernel.kernel_id] = kernel
+        return kernel
+
+    # -- after a gateway restart --
+
+    async def check_alive(self, handles: list[KernelHandle]) -> dict[str, bool]:
+        alive = await asyncio.gather(*(h.is_alive() for h in handles))
+        return {h.kernel_id: ok for h, ok in zip(handles, alive)}
+
+    async def find_running(self) -> list[KernelHandle]:
+        records = self.state.load(self.kind)
+        if not records:
+            return []
+        found: list[KernelHandle] = []
+
+        async def probe(record: dict[str, Any]) -> None:
+            try:
+                kernel = RemoteKernel.from_record(self, record)
+            except (KeyError, TypeError, ValueError, ChannelError) as exc:
+                log.warning("dropping a bad %s kernel record: %s", self.kind, exc)
+                self.state.remove(self.kind, str(record.get("kernel_id")))
+                return
+            started = time.monotonic()
+            try:
+                await kernel.control("status", timeout=10.0)
+            except (ConnectionRefusedError, ConnectionResetError, ChannelError) as exc:
+                log.info(
+                    "kernel %s: its bootstrap is gone (%s); forgetting it", kernel.kernel_id, exc
+                )
+                self.state.remove(self.kind, kernel.kernel_id)
+                return
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning(
+                    "kernel %s: bootstrap at %s:%d unreachable after %.1fs (%s); kept for later",
+                    kernel.kernel_id,
+                    kernel.control_host,
+                    kernel.control_port,
+                    time.monotonic() - started,
+                    exc,
+                )
+                return
+            self.kernels[kernel.kernel_id] = kernel
+            found.append(kernel)
+
+        await asyncio.gather(*(probe(r) for r in records))
+        return found

@@ -1,0 +1,335 @@
+"""Kernels on a pool of machines reached by SSH.
+
+For each kernel the gateway opens an SSH connection (asyncssh) to one host of the pool,
+runs ``python -m raygate.launchers.bootstrap --detach`` there with the bootstrap's
+settings (the per-kernel secret among them) on stdin, and closes the connection once the
+bootstrap has reported to the gateway's report listener. From then on the gateway talks
+to the bootstrap's control endpoint directly; SSH is needed again only to stop a kernel
+whose bootstrap no longer answers.
+
+Hosts come from ``--ssh-hosts`` or the kernelspec's ``metadata.raygate.ssh.hosts``, each
+``[user@]host[:port]``. ``KERNEL_REMOTE_HOST`` pins one of them; otherwise hosts are
+tried in round-robin or least-kernels order, and one that cannot be reached is skipped.
+Host keys are checked against a known_hosts file; unknown hosts are accepted (and added)
+only with ``--ssh-accept-new-host-keys``, and a changed key is always refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from .base import KernelHandle, KernelStartError, LaunchRequest
+from .remote import RemoteKernel, RemoteLauncher
+from .report import ReportListener, new_secret
+
+log = logging.getLogger("raygate.launchers.ssh")
+
+SELECTIONS = ("round-robin", "least-kernels")
+_USERNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class SSHHost:
+    host: str
+    port: int = 22
+    user: str = ""
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = 22) -> SSHHost:
+        text = text.strip()
+        user, _, rest = text.rpartition("@")
+        port = default_port
+        if rest.startswith("["):  # [v6 address]:port
+            addr, _, tail = rest[1:].partition("]")
+            if tail.startswith(":"):
+                port = int(tail[1:])
+        elif rest.count(":") == 1:
+            addr, _, port_text = rest.partition(":")
+            port = int(port_text)
+        else:
+            addr = rest
+        if not addr:
+            raise ValueError(f"bad SSH host {text!r}")
+        return cls(addr, port, user)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        out = host if self.port == 22 else f"{host}:{self.port}"
+        return f"{self.user}@{out}" if self.user else out
+
+    def matches(self, text: str) -> bool:
+        text = text.strip()
+        if text in (self.host, str(self)):
+            return True
+        try:
+            other = SSHHost.parse(text, self.port)
+        except ValueError:
+            return False
+        return (other.host, other.port) == (self.host, self.port)
+
+
+def parse_hosts(hosts: Any, default_port: int = 22) -> list[SSHHost]:
+    if isinstance(hosts, str):
+        hosts = hosts.split(",")
+    return [SSHHost.parse(h, default_port) for h in hosts or [] if str(h).strip()]
+
+
+class _HostUnavailable(Exception):
+    pass
+
+
+def _known_host_entry(host: str, port: int, key: asyncssh.SSHKey) -> str:
+    name = host if port == 22 else f"[{host}]:{port}"
+    algorithm, data = key.export_public_key("openssh").decode().split()[:2]
+    return f"{name} {algorithm} {data}\n"
+
+
+class _AcceptNewClient(asyncssh.SSHClient):
+    """Trusts the key of a host the known_hosts file has never heard of, and records it.
+
+    Called by asyncssh only for keys that known_hosts does not already trust; a host that
+    has an entry with another key is refused (its key changed).
+    """
+
+    def __init__(self, known_hosts: str) -> None:
+        self.known_hosts = known_hosts
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        try:
+            keys = asyncssh.match_known_hosts(self.known_hosts, host, addr, port)[0]
+        except (OSError, ValueError):
+            keys = []
+        if keys:
+            log.error("host key of %s:%d does not match %s; refusing", host, port, self.known_hosts)
+            return False
+        with open(self.known_hosts, "a") as f:
+            f.write(_known_host_entry(host, port, key))
+        log.warning("accepted the new host key of %s:%d into %s", host, port, self.known_hosts)
+        return True
+
+
+class SSHLauncher(RemoteLauncher):
+    """Kernels on SSH hosts, each started by a detached bootstrap."""
+
+    kind = "ssh"
+
+    def __init__(
+        self,
+        hosts: Any = (),
+        port: int = 22,
+        user: str = "",
+        user_from_request: bool = False,
+        key_file: str = "",
+        known_hosts: str = "",
+        accept_new_host_keys: bool = False,
+        selection: str = "round-robin",
+        python: str = "",
+        connect_timeout: float = 10.0,
+        listener: ReportListener | None = None,
+        state_dir: str = "",
+        report_address: str = "",
+    ) -> None:
+        super().__init__(listener, state_dir, report_address)
+        if selection not in SELECTIONS:
+            raise ValueError(f"SSH host selection must be one of {', '.join(SELECTIONS)}")
+        self.port = port
+        self.hosts = parse_hosts(hosts, port)
+        self.user = user
+        self.user_from_request = user_from_request
+        self.key_file = key_file
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+        self.accept_new_host_keys = accept_new_host_keys
+        self.selection = selection
+        self.python = python or sys.executable
+        self.connect_timeout = connect_timeout
+        self._next: dict[tuple[SSHHost, ...], int] = {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> SSHLauncher:
+        return cls(
+            hosts=getattr(config, "ssh_hosts", ()),
+            port=getattr(config, "ssh_port", 22),
+            user=getattr(config, "ssh_user", ""),
+            user_from_request=getattr(config, "ssh_user_from_request", False),
+            key_file=getattr(config, "ssh_key_file", ""),
+            known_hosts=getattr(config, "ssh_known_hosts", ""),
+            accept_new_host_keys=getattr(config, "ssh_accept_new_host_keys", False),
+            selection=getattr(config, "ssh_host_selection", "round-robin"),
+            python=getattr(config, "ssh_python", ""),
+            listener=ReportListener.shared(
+                getattr(config, "report_ip", "0.0.0.0"), getattr(config, "report_port", 0)
+            ),
+            state_dir=getattr(config, "state_dir", ""),
+            report_address=getattr(config, "report_address", ""),
+        )
+
+    # -- choosing --
+
+    def _pool(self, request: LaunchRequest) -> list[SSHHost]:
+        ssh_meta = request.spec.metadata.get("raygate", {}).get("ssh") or {}
+        try:
+            hosts = parse_hosts(ssh_meta["hosts"], self.port) if "hosts" in ssh_meta else self.hosts
+        except ValueError as exc:
+            raise KernelStartError(f"kernelspec {request.spec.name}: {exc}") from None
+        if not hosts:
+            raise KernelStartError(
+                "no SSH hosts are configured (--ssh-hosts, or the kernelspec's "
+                "metadata.raygate.ssh.hosts)"
+            )
+        return hosts
+
+    def _order(self, hosts: list[SSHHost], request: LaunchRequest) -> list[SSHHost]:
+        pin = request.env.get("KERNEL_REMOTE_HOST", "").strip()
+        if pin:
+            chosen = [h for h in hosts if h.matches(pin)]
+            if not chosen:
+                raise KernelStartError(
+                    f"KERNEL_REMOTE_HOST={pin} is not one of this kernel's SSH hosts: "
+                    + ", ".join(map(str, hosts)),
+                    status=400,
+                )
+            return chosen
+        if self.selection == "least-kernels":
+            counts = {h: 0 for h in hosts}
+            for kernel in self.kernels.values():
+                for h in hosts:
+                    if kernel.placement.get("ssh_host") == str(h):
+                        counts[h] += 1
+            return sorted(hosts, key=lambda h: counts[h])  # stable: ties keep list order
+        start = self._next.get(tuple(hosts), 0) % len(hosts)
+        return hosts[start:] + hosts[:start]
+
+    def _user(self, host: SSHHost, request: LaunchRequest) -> str:
+        if self.user_from_request and request.username:
+            if not _USERNAME.match(request.username):
+                raise KernelStartError(
+                    f"KERNEL_USERNAME {request.username!r} is not a valid user name", status=400
+                )
+            return request.username
+        return host.user or self.user or getpass.getuser()
+
+    # -- launching --
+
+    async def launch(self, request: LaunchRequest) -> KernelHandle:
+        await self.listen()
+        deadline = time.monotonic() + request.launch_timeout
+        hosts = self._pool(request)
+        order = self._order(hosts, request)
+        errors = []
+        for host in order:
+            try:
+                kernel = await self._launch_on(host, request, deadline)
+            except _HostUnavailable as exc:
+                log.warning("kernel %s: skipping SSH host %s: %s", request.kernel_id, host, exc)
+                errors.append(f"{host}: {exc}")
+                continue
+            self._next[tuple(hosts)] = hosts.index(host) + 1
+            return kernel
+        raise KernelStartError(
+            "no SSH host could be reached (" + "; ".join(errors) + ")",
+            status=503,
+        )
+
+    def _connect_options(self, user: str) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "username": user,
+            "connect_timeout": self.connect_timeout,
+            "known_hosts": self.known_hosts,
+        }
+        if self.key_file:
+            options["client_keys"] = [os.path.expanduser(self.key_file)]
+        if self.accept_new_host_keys:
+            if not os.path.exists(self.known_hosts):
+                os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
+                os.close(os.open(self.known_hosts, os.O_CREAT | os.O_WRONLY, 0o600))
+            options["client_factory"] = lambda: _AcceptNewClient(self.known_hosts)
+        return options
+
+    async def _connect(self, host: SSHHost, user: str) -> asyncssh.SSHClientConnection:
+        try:
+            return await asyncssh.connect(host.host, host.port, **self._connect_options(user))
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            raise _HostUnavailable(str(exc) or type(exc).__name__) from None
+
+    async def _launch_on(
+        self, host: SSHHost, request: LaunchRequest, deadline: float
+    ) -> RemoteKernel:
+        user = self._user(host, request)
+        conn = await self._connect(host, user)
+        secret = new_secret()
+        report = self.listener.expect(request.kernel_id, secret)
+        try:
+            report_host = self.report_address or conn.get_extra_info("sockname")[0]
+            placement = {
+                "launcher": self.kind,
+                "host": host.host,
+                "ssh_host": str(host),
+                "user": user,
+            }
+            settings = self.bootstrap_settings(request, secret, report_host, placement)
+            settings["report"]["timeout"] = max(1.0, deadline - time.monotonic())
+            command = shlex.join([self.python, "-m", "raygate.launchers.bootstrap", "--detach"])
+            try:
+                result = await asyncio.wait_for(
+                    conn.run(command, input=json.dumps(settings), check=False),
+                    max(1.0, deadline - time.monotonic()),
+                )
+            except asyncio.TimeoutError:
+                raise KernelStartError(
+                    f"the bootstrap on {host} did not report within {request.launch_timeout:g}s",
+                    status=504,
+                ) from None
+            if result.exit_status != 0:
+                detail = str(result.stderr or "").strip() or f"exit status {result.exit_status}"
+                raise KernelStartError(f"the kernel bootstrap on {host} failed: {detail}")
+            try:
+                payload = await asyncio.wait_for(report, 5.0)
+            except asyncio.TimeoutError:
+                raise KernelStartError(
+                    f"the bootstrap on {host} says it reported, but no report arrived"
+                ) from None
+        finally:
+            self.listener.forget(request.kernel_id)
+            conn.close()
+        kernel = self.from_report(request, secret, payload, placement)
+        log.info(
+            "kernel %s: running on %s as %s (pid %s)",
+            request.kernel_id,
+            host,
+            user,
+            kernel.placement.get("pid"),
+        )
+        return kernel
+
+    async def force_stop(self, kernel: RemoteKernel) -> None:
+        """Kill the bootstrap over SSH (the kernel dies with it)."""
+        pid = kernel.extra.get("bootstrap_pid")
+        host_text = kernel.placement.get("ssh_host")
+        if not pid or not host_text:
+            return
+        host = SSHHost.parse(host_text, self.port)
+        try:
+            conn = await self._connect(host, kernel.placement.get("user") or self.user)
+        except _HostUnavailable as exc:
+            log.warning("kernel %s: cannot reach %s to stop it: %s", kernel.kernel_id, host, exc)
+            return
+        try:
+            await conn.run(f"kill -TERM {int(pid)}", check=False, timeout=10)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            log.warning("kernel %s: kill over SSH failed: %s", kernel.kernel_id, exc)
+        finally:
+            conn.close()
