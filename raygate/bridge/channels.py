@@ -22,12 +22,13 @@ import zmq.asyncio
 from raygate.launchers.base import ConnectionInfo
 
 from .connection import Connection
-from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq
+from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq, zmq_parts
 
 log = logging.getLogger("raygate.bridge")
 
 _ROUTED_CHANNELS = ("shell", "control", "stdin")
 _MAX_PENDING = 10_000
+_READ_BATCH = 32
 
 
 class KernelNotReady(Exception):
@@ -121,16 +122,32 @@ class KernelChannels:
     # -- kernel -> clients ----------------------------------------------------
 
     async def _read(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        # Messages already queued are taken with a plain non-blocking recv: zmq.asyncio's
+        # futures cost more than the recv itself, so only an empty socket is awaited. Every
+        # _READ_BATCH messages the loop yields, so that a flood of output cannot starve the
+        # senders and the other kernels. copy=False leaves large frames in ZMQ's buffers.
+        shadow = zmq.Socket.shadow(sock.underlying)
+        batch = 0
         while True:
             try:
-                frames = await sock.recv_multipart()
+                if sock.closed:
+                    return
+                try:
+                    frames = shadow.recv_multipart(zmq.NOBLOCK, copy=False)
+                    batch += 1
+                    if batch >= _READ_BATCH:
+                        batch = 0
+                        await asyncio.sleep(0)
+                except zmq.Again:
+                    batch = 0
+                    frames = await sock.recv_multipart(copy=False)
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
                 log.debug("kernel %s %s socket closed: %s", self.kernel_id, channel, exc)
                 return
             try:
-                message = from_zmq(channel, frames, self._signer)
+                message = from_zmq(channel, zmq_parts(frames), self._signer)
             except MessageError as exc:
                 log.warning("kernel %s: dropped bad %s message: %s", self.kernel_id, channel, exc)
                 continue

@@ -2,7 +2,8 @@
 
 Messages are kept as their serialized parts (header, parent_header, metadata, content)
 so the bridge can forward them without re-encoding; only the small header parts are
-ever parsed.
+ever parsed. Large parts received from a kernel stay in ZMQ's own buffers (memoryviews
+of zero-copy frames) until they are spliced into a WebSocket frame.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
+ZERO_COPY_BYTES = 64 * 1024
+"""Frames at least this large are kept as views of ZMQ's buffer instead of copied."""
+
+Part = bytes | memoryview
+"""A serialized message part: bytes, or a view of a large frame ZMQ received."""
 
 _DIGESTS = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512, "hmac-md5": hashlib.md5}
 
@@ -34,7 +41,7 @@ class Signer:
             raise ValueError(f"unsupported signature scheme {scheme!r}")
         self._prototype = hmac.new(key, digestmod=digest) if key else None
 
-    def sign(self, parts: list[bytes]) -> bytes:
+    def sign(self, parts: Sequence[Part]) -> bytes:
         if self._prototype is None:
             return b""
         h = self._prototype.copy()
@@ -42,7 +49,7 @@ class Signer:
             h.update(part)
         return h.hexdigest().encode()
 
-    def verify(self, signature: bytes, parts: list[bytes]) -> bool:
+    def verify(self, signature: bytes, parts: Sequence[Part]) -> bool:
         if self._prototype is None:
             return True
         return hmac.compare_digest(signature, self.sign(parts))
@@ -53,10 +60,11 @@ class Message:
     """One message as serialized parts, plus the parsed header the bridge routes by."""
 
     channel: str
-    parts: list[bytes]
+    parts: list[Part]
     """header, parent_header, metadata, content: JSON bytes exactly as received."""
-    buffers: list[bytes] = field(default_factory=list)
+    buffers: list[Part] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
+    _parent: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def msg_id(self) -> str:
@@ -66,22 +74,25 @@ class Message:
     def msg_type(self) -> str:
         return str(self.header.get("msg_type", ""))
 
+    @property
+    def parent(self) -> dict[str, Any]:
+        """The parsed parent header ({} when it is not a JSON object), parsed once."""
+        if self._parent is None:
+            try:
+                value = json.loads(bytes(self.parts[1]))
+            except ValueError:
+                value = None
+            self._parent = value if isinstance(value, dict) else {}
+        return self._parent
+
     def parent_msg_id(self) -> str:
-        try:
-            parent = json.loads(self.parts[1])
-        except ValueError:
-            return ""
-        return str(parent.get("msg_id", "")) if isinstance(parent, dict) else ""
+        return str(self.parent.get("msg_id", ""))
 
     def parent_session(self) -> str:
-        try:
-            parent = json.loads(self.parts[1])
-        except ValueError:
-            return ""
-        return str(parent.get("session", "")) if isinstance(parent, dict) else ""
+        return str(self.parent.get("session", ""))
 
     def content(self) -> dict[str, Any]:
-        value = json.loads(self.parts[3])
+        value = json.loads(bytes(self.parts[3]))
         return value if isinstance(value, dict) else {}
 
 
@@ -89,9 +100,9 @@ def pack(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
-def parse_header(raw: bytes) -> dict[str, Any]:
+def parse_header(raw: Part) -> dict[str, Any]:
     try:
-        header = json.loads(raw)
+        header = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
     except ValueError as exc:
         raise MessageError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -99,7 +110,13 @@ def parse_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def from_zmq(channel: str, frames: list[bytes], signer: Signer) -> Message:
+def zmq_parts(frames: Sequence[Any]) -> list[Part]:
+    """Parts of a message received with ``copy=False``: small frames as bytes, large ones
+    as views of ZMQ's buffer (no copy of a large output until it is framed for a client)."""
+    return [f.buffer if len(f) >= ZERO_COPY_BYTES else f.bytes for f in frames]
+
+
+def from_zmq(channel: str, frames: list[Part], signer: Signer) -> Message:
     """Split and verify a multipart message received from a kernel."""
     try:
         start = frames.index(DELIMITER) + 1

@@ -57,7 +57,7 @@ def to_legacy(message: Message) -> str | bytes:
     offsets = [4 * (count + 1)]
     for chunk in chunks[:-1]:
         offsets.append(offsets[-1] + len(chunk))
-    return struct.pack(f"!{count + 1}I", count, *offsets) + b"".join(chunks)
+    return b"".join([struct.pack(f"!{count + 1}I", count, *offsets), *chunks])
 
 
 def to_v1(message: Message) -> bytes:
@@ -65,8 +65,8 @@ def to_v1(message: Message) -> bytes:
     offsets = [8 * (len(chunks) + 2)]
     for chunk in chunks:
         offsets.append(offsets[-1] + len(chunk))
-    head = struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets)
-    return head + b"".join(chunks)
+    # One join: the frame is the only copy of a large output made here.
+    return b"".join([struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets), *chunks])
 
 
 def _check_channel(channel: object) -> str:
