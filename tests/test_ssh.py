@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
@@ -226,3 +228,64 @@ async def test_kernel_survives_gateway_sigkill_and_new_gateway_stops_it(
 
 if sys.platform != "linux":  # loopback aliases beyond 127.0.0.1 are a Linux thing
     pytestmark = pytest.mark.skip("needs Linux loopback addresses")
+
+
+async def test_host_keys_new_accepted_only_when_allowed_and_changed_always_refused(
+    sshd: SSHServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from raygate.launchers.ssh import SSHHost, SSHLauncher
+
+    root = tmp_path_factory.mktemp("known-hosts")
+    known = str(root / "known_hosts")
+    shutil.copy(sshd.known_hosts, known)
+    new_host = SSHHost("127.0.0.5", sshd.port)
+    strict = SSHLauncher(key_file=sshd.client_key, known_hosts=known)
+    with pytest.raises(Exception, match="not trusted"):
+        await strict._connect(new_host, "root")
+
+    trusting = SSHLauncher(key_file=sshd.client_key, known_hosts=known, accept_new_host_keys=True)
+    conn = await trusting._connect(new_host, "root")
+    conn.close()
+    with open(known) as f:
+        assert f"[127.0.0.5]:{sshd.port} ssh-ed25519 " in f.read()
+    conn = await strict._connect(new_host, "root")  # now known
+    conn.close()
+
+    # a host whose recorded key differs is refused even when new keys are accepted
+    other = str(root / "other_key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+    with open(other + ".pub") as f:
+        algorithm, key = f.read().split()[:2]
+    with open(known, "w") as f:
+        f.write(f"[127.0.0.2]:{sshd.port} {algorithm} {key}\n")
+    with pytest.raises(Exception, match="not trusted"):
+        await trusting._connect(SSHHost("127.0.0.2", sshd.port), "root")
+
+
+def test_host_order_round_robin_least_kernels_and_users() -> None:
+    from raygate.launchers.base import KernelSpecInfo, KernelStartError, LaunchRequest
+    from raygate.launchers.ssh import SSHHost, SSHLauncher
+
+    def request(**env: str) -> LaunchRequest:
+        spec = KernelSpecInfo("k", ipykernel_argv())
+        return LaunchRequest("id", spec, env, 10.0, username=env.get("KERNEL_USERNAME"))
+
+    launcher = SSHLauncher(hosts="a,b:2222,c", selection="least-kernels", user="svc")
+    hosts = launcher.hosts
+    assert [str(h) for h in hosts] == ["a", "b:2222", "c"]
+
+    class Fake:
+        def __init__(self, host: str) -> None:
+            self.placement = {"ssh_host": host}
+
+    launcher.kernels = {"1": Fake("a"), "2": Fake("a"), "3": Fake("c")}
+    assert [str(h) for h in launcher._order(hosts, request())] == ["b:2222", "c", "a"]
+    assert [str(h) for h in launcher._order(hosts, request(KERNEL_REMOTE_HOST="b"))] == ["b:2222"]
+
+    assert launcher._user(hosts[0], request(KERNEL_USERNAME="bob")) == "svc"
+    launcher.user_from_request = True
+    assert launcher._user(hosts[0], request(KERNEL_USERNAME="bob")) == "bob"
+    with pytest.raises(KernelStartError) as err:
+        launcher._user(hosts[0], request(KERNEL_USERNAME="bob; rm -rf /"))
+    assert err.value.status == 400
+    assert SSHHost.parse("alice@[::1]:2200") == SSHHost("::1", 2200, "alice")
