@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -75,6 +75,18 @@ async def bounded(aw: Awaitable[T], seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await aw
     return await asyncio.wait_for(aw, seconds)
+
+
+async def answered(probe: Callable[[], Awaitable[Any]], where: str) -> None:
+    """Repeat ``probe`` (a kernel_info request) until the kernel answers one within 1 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            await bounded(probe(), 1.0)
+            return
+        except (asyncio.TimeoutError, TimeoutError):
+            continue
+    raise RuntimeError(f"the kernel did not answer {where}")
 
 
 # -- the printed text ----------------------------------------------------------------
@@ -142,15 +154,7 @@ class ZmqClient:
         kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         self.kc = kc
         # Ready once kernel_info is answered and its status reached the iopub subscription.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg_id = kc.kernel_info()
-            try:
-                await bounded(self._until(msg_id, need_reply=True), 1.0)
-                return
-            except (asyncio.TimeoutError, TimeoutError):
-                continue
-        raise RuntimeError("the kernel did not answer over ZMQ")
+        await answered(lambda: self._until(kc.kernel_info(), need_reply=True), "over ZMQ")
 
     async def close(self) -> None:
         if self.kc is not None:
@@ -230,14 +234,7 @@ class WebSocketClient:
             max_size=None,
             ping_interval=None,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                await bounded(self._request("kernel_info_request", {}), 1.0)
-                return
-            except (asyncio.TimeoutError, TimeoutError):
-                continue
-        raise RuntimeError("the kernel did not answer through raygate")
+        await answered(lambda: self._request("kernel_info_request", {}), "through raygate")
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -366,8 +363,29 @@ def orders(count: int) -> list[tuple[str, ...]]:
     return [next(cycle) for _ in range(count)]
 
 
-async def round_trips(clients: dict[str, Client], rounds: int, block: int) -> dict[str, list]:
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process used so far, all threads (Linux; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measured:
+    """What one way in measured, and the gateway CPU time spent while it did."""
+
+    rtts: list[float] = field(default_factory=list)
+    prints: list[dict[str, Any]] = field(default_factory=list)
+    rtt_gateway_cpu: float = 0.0
+    print_gateway_cpu: float = 0.0
+
+
+async def round_trips(
+    clients: dict[str, Client], measured: dict[str, Measured], rounds: int, block: int, pid: int
+) -> None:
     blocks = [min(block, rounds - start) for start in range(0, rounds, block)]
     for size, order in zip(blocks, orders(len(blocks))):
         for mode in order:
@@ -376,21 +394,26 @@ async def round_trips(clients: dict[str, Client], rounds: int, block: int) -> di
             try:
                 for _ in range(3):  # settle the fresh connection
                     await bounded(client.execute(TRIVIAL), TIMEOUT)
+                cpu = process_cpu(pid)
                 for _ in range(size):
                     start = time.perf_counter()
                     out = await bounded(client.execute(TRIVIAL), TIMEOUT)
-                    samples[mode].append(time.perf_counter() - start)
+                    measured[mode].rtts.append(time.perf_counter() - start)
                     if out.status != "ok":
                         raise RuntimeError(f"{mode}: execute_reply status {out.status!r}")
+                measured[mode].rtt_gateway_cpu += process_cpu(pid) - cpu
             finally:
                 await client.close()
-    return samples
 
 
 async def throughputs(
-    clients: dict[str, Client], rounds: int, cell: str, expected: str
-) -> dict[str, list]:
-    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    clients: dict[str, Client],
+    measured: dict[str, Measured],
+    rounds: int,
+    cell: str,
+    expected: str,
+    pid: int,
+) -> None:
     expected_bytes = len(expected.encode())
     for order in orders(rounds):
         for mode in order:
@@ -398,13 +421,15 @@ async def throughputs(
             await client.open()
             try:
                 await bounded(client.execute(TRIVIAL), TIMEOUT)
+                cpu = process_cpu(pid)
                 start = time.perf_counter()
                 out = await bounded(client.execute(cell), TIMEOUT)
                 elapsed = time.perf_counter() - start
+                measured[mode].print_gateway_cpu += process_cpu(pid) - cpu
             finally:
                 await client.close()
             text = "".join(out.stdout)
-            results[mode].append(
+            measured[mode].prints.append(
                 {
                     "seconds": elapsed,
                     "mb_per_s": expected_bytes / 1e6 / elapsed,
@@ -415,16 +440,14 @@ async def throughputs(
                     "status": out.status,
                 }
             )
-    return results
 
 
-def summarize(
-    rtts: dict[str, list[float]], tps: dict[str, list[dict[str, Any]]]
-) -> dict[str, dict[str, Any]]:
+def summarize(measured: dict[str, Measured]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for mode in MODES:
-        ms = [s * 1000 for s in rtts[mode]]
-        runs = tps[mode] or [
+        m = measured[mode]
+        ms = [s * 1000 for s in m.rtts]
+        runs = m.prints or [
             {"mb_per_s": float("nan"), "bytes_delivered": 0, "bytes_expected": 0}
             | {"identical": True, "status": "ok", "messages": 0}
         ]
@@ -436,6 +459,7 @@ def summarize(
                 "min": min(ms),
                 "n": len(ms),
             },
+            "gateway_cpu_us_per_rtt": m.rtt_gateway_cpu / len(ms) * 1e6,
             "throughput": {
                 "mb_per_s": statistics.median(r["mb_per_s"] for r in runs),
                 "bytes_delivered": sum(r["bytes_delivered"] for r in runs),
@@ -443,6 +467,7 @@ def summarize(
                 "all_identical": all(r["identical"] and r["status"] == "ok" for r in runs),
                 "messages_per_print": [r["messages"] for r in runs],
                 "runs": runs,
+                "gateway_cpu_ms_per_print": m.print_gateway_cpu / max(1, len(m.prints)) * 1e3,
             },
         }
     base = summary["zmq"]
@@ -454,7 +479,7 @@ def summarize(
         checks = {"all_bytes": s["throughput"]["all_identical"]}
         if mode != "zmq":
             checks["rtt"] = s["rtt_ratio_p50"] <= RTT_GOAL
-            if tps[mode]:
+            if m.prints:
                 checks["throughput"] = s["throughput_ratio"] >= THROUGHPUT_GOAL
         s["checks"] = checks
         s["pass"] = all(checks.values())
@@ -462,31 +487,53 @@ def summarize(
 
 
 def table(summary: dict[str, dict[str, Any]], mb: float) -> str:
-    head = (
-        f"{'':22} {'RTT p50':>8} {'RTT p99':>8} {'p50 vs':>7} {'p99 vs':>7}"
-        f" {f'{mb:g} MB print':>12} {'vs':>6}  {'bytes delivered':>23}  goals"
-    )
+    """The figures, one row per way in; ratios are against the ZMQ row."""
+    columns = [  # (title, unit, width)
+        ("RTT p50", "ms", 8),
+        ("RTT p99", "ms", 8),
+        ("p50", "vs ZMQ", 7),
+        ("p99", "vs ZMQ", 7),
+        ("gw CPU", "us/RTT", 8),
+        (f"{mb:g} MB print", "MB/s", 12),
+        ("", "vs ZMQ", 7),
+        ("gw CPU", "ms/print", 9),
+        ("bytes delivered", "of expected", 23),
+    ]
     rows = [
-        head,
-        f"{'':22} {'(ms)':>8} {'(ms)':>8} {'ZMQ':>7} {'ZMQ':>7} {'(MB/s)':>12} {'ZMQ':>6}",
+        " ".join([f"{'':22}"] + [f"{title:>{width}}" for title, _, width in columns] + [" goals"]),
+        " ".join([f"{'':22}"] + [f"{unit:>{width}}" for _, unit, width in columns]),
     ]
     for mode in MODES:
         s = summary[mode]
         tp = s["throughput"]
         delivered = f"{tp['bytes_delivered']}/{tp['bytes_expected']}"
         if not tp["all_identical"]:
-            delivered += " (DIFFERS)"
-        verdict = "baseline" if mode == "zmq" else ("PASS" if s["pass"] else "FAIL")
-        if mode == "zmq" and not s["pass"]:
-            verdict = "FAIL (bytes)"
-        rows.append(
-            f"{LABELS[mode]:22} {s['rtt_ms']['p50']:8.3f} {s['rtt_ms']['p99']:8.3f}"
-            f" {s['rtt_ratio_p50']:6.2f}x {s['rtt_ratio_p99']:6.2f}x"
-            f" {tp['mb_per_s']:12.1f} {s['throughput_ratio']:5.2f}x  {delivered:>23}  {verdict}"
-        )
+            delivered += " DIFFERS"
+        if mode == "zmq":
+            verdict = "baseline" if s["pass"] else "FAIL (bytes)"
+        else:
+            verdict = (
+                "PASS"
+                if s["pass"]
+                else "FAIL: " + ", ".join(name for name, ok in s["checks"].items() if not ok)
+            )
+        values = [
+            f"{s['rtt_ms']['p50']:.3f}",
+            f"{s['rtt_ms']['p99']:.3f}",
+            f"{s['rtt_ratio_p50']:.2f}x",
+            f"{s['rtt_ratio_p99']:.2f}x",
+            f"{s['gateway_cpu_us_per_rtt']:.0f}",
+            f"{tp['mb_per_s']:.1f}",
+            f"{s['throughput_ratio']:.2f}x",
+            f"{tp['gateway_cpu_ms_per_print']:.0f}",
+            delivered,
+        ]
+        cells = [f"{v:>{width}}" for v, (_, _, width) in zip(values, columns)]
+        rows.append(" ".join([f"{LABELS[mode]:22}", *cells, f" {verdict}"]))
     rows.append(
-        f"goals: RTT p50 <= {RTT_GOAL}x ZMQ, throughput >= {THROUGHPUT_GOAL}x ZMQ,"
-        " every byte delivered"
+        f"goals: RTT p50 <= {RTT_GOAL}x ZMQ's, print throughput >= {THROUGHPUT_GOAL}x ZMQ's,"
+        " every byte delivered. gw CPU: CPU time of the raygate process meanwhile"
+        " (10 ms clock ticks, summed over all rounds)."
     )
     return "\n".join(rows)
 
@@ -558,16 +605,19 @@ async def run(args: argparse.Namespace) -> int:
                     raise RuntimeError("the setup cell failed")
             finally:
                 await client.close()
+        pid = gateway.proc.pid
         print(f"warming up, then {args.rounds} round trips per way in, blocks of {args.block}")
-        await round_trips(clients, 20 * len(MODES), 20)
-        rtts = await round_trips(clients, args.rounds, args.block)
+        await round_trips(clients, {mode: Measured() for mode in MODES}, 20 * len(MODES), 20, pid)
+        measured = {mode: Measured() for mode in MODES}
+        await round_trips(clients, measured, args.rounds, args.block, pid)
         print(f"{args.tp_rounds} prints of {args.mb:g} MB per way in")
-        tps = await throughputs(clients, args.tp_rounds, print_cell(args.chunk_kb * 1024), expected)
+        cell = print_cell(args.chunk_kb * 1024)
+        await throughputs(clients, measured, args.tp_rounds, cell, expected, pid)
     finally:
         if manager is not None:
             await manager.shutdown_kernel(now=True)
         gateway.stop()
-    summary = summarize(rtts, tps)
+    summary = summarize(measured)
     print()
     print(table(summary, args.mb))
     chunking = (
@@ -592,7 +642,7 @@ async def run(args: argparse.Namespace) -> int:
             "baseline": baseline,
             "goals": {"rtt_p50_ratio_max": RTT_GOAL, "throughput_ratio_min": THROUGHPUT_GOAL},
             "results": summary,
-            "rtt_samples_ms": {mode: [s * 1000 for s in rtts[mode]] for mode in MODES},
+            "rtt_samples_ms": {mode: [s * 1000 for s in measured[mode].rtts] for mode in MODES},
             "pass": ok,
         }
         with open(args.json, "w") as f:
