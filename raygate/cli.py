@@ -134,6 +134,11 @@ def main() -> None:
     help="Output queued per WebSocket client before the kernel's output waits for it.",
 )
 @_option(
+    "--ws-compression/--no-ws-compression",
+    default=False,
+    help="Offer permessage-deflate to WebSocket clients (costs CPU; off like Kernel Gateway).",
+)
+@_option(
     "--ws-ping-interval",
     default=30.0,
     type=click.FloatRange(min=0),
@@ -238,6 +243,7 @@ def serve(**options: Any) -> None:
         port=config.port,
         log_level=config.log_level.lower(),
         ws_ping_interval=config.ws_ping_interval or None,
+        ws_per_message_deflate=config.ws_compression,
         ws_max_size=config.ws_max_message_bytes,
         timeout_graceful_shutdown=10,
         lifespan="on",

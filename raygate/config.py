@@ -29,6 +29,7 @@ class GatewayConfig:
     kernelspec_dirs: list[str] = field(default_factory=list)
     ws_buffer_bytes: int = 64 * 1024 * 1024
     ws_ping_interval: float = 30.0
+    ws_compression: bool = False
     ws_max_message_bytes: int = 256 * 1024 * 1024
     monitor_interval: float = 1.0
     restart_limit: int = 5

@@ -209,6 +209,7 @@ class Gateway:
             additional_headers=headers,
             subprotocols=[V1] if binary else None,
             max_size=None,
+            compression=None,  # as jupyter_server's gateway client: no permessage-deflate
             **kw,
         )
         return KernelWS(ws, binary, session)
