@@ -282,3 +282,20 @@ def test_server_pings_idle_websockets(start_server) -> None:
         take(length)
         opcodes.append(first & 0x0F)
     sock.close()
+
+
+async def test_reply_reaches_reconnected_session(gateway: Gateway) -> None:
+    """A client that reconnects with the same session_id gets the reply to its request."""
+    kernel = gateway.start_kernel()
+    first = await gateway.connect(kernel["id"], session="notebook-1")
+    request = message("execute_request", {"code": "import time; time.sleep(1.5); 'late'"})
+    await first.send(request)
+    await first.close()
+    second = await gateway.connect(kernel["id"], session="notebook-1")
+    while True:
+        m = await second.recv(30)
+        if m["header"]["msg_type"] == "execute_reply":
+            break
+    assert m["parent_header"]["msg_id"] == request["header"]["msg_id"]
+    assert m["content"]["status"] == "ok"
+    await second.close()

@@ -37,8 +37,9 @@ class Connection:
         self.binary_protocol = binary_protocol
         self.max_buffer_bytes = max_buffer_bytes
         self.stall_timeout = stall_timeout
-        self.client_sessions: set[str] = set()
-        """``header.session`` values seen from this client, to route replies by."""
+        self.client_sessions: set[str] = {session_id} if session_id else set()
+        """The ``?session_id=`` and the ``header.session`` values seen from this client:
+        a reply whose requester is gone goes to a client of the same session (a reconnect)."""
         self._frames: deque[tuple[str | bytes, int]] = deque()
         self._buffered = 0
         self._has_frames = asyncio.Event()
