@@ -15,6 +15,8 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import Any
 
 from .base import (
@@ -216,6 +218,7 @@ class RemoteKernel(KernelHandle):
         self.failed_checks = 0
         self.last_status: dict[str, Any] = {}
         self.stopped = False
+        self.created: datetime | None = datetime.now(timezone.utc)
 
     # -- persistence --
 
@@ -228,11 +231,12 @@ class RemoteKernel(KernelHandle):
             "placement": self.placement,
             "request": request_to_dict(self.request),
             "extra": self.extra,
+            "created": self.created.isoformat() if self.created else None,
         }
 
     @classmethod
     def from_record(cls, launcher: RemoteLauncher, record: dict[str, Any]) -> RemoteKernel:
-        return cls(
+        kernel = cls(
             launcher,
             request_from_dict(record["request"]),
             ConnectionInfo.from_dict(record["connection"]),
@@ -242,6 +246,9 @@ class RemoteKernel(KernelHandle):
             record.get("placement") or {},
             record.get("extra") or {},
         )
+        if record.get("created"):
+            kernel.created = datetime.fromisoformat(record["created"])
+        return kernel
 
     # -- control --
 
@@ -325,6 +332,9 @@ class RemoteLauncher(Launcher):
     """Base of launchers whose kernels are started by :mod:`.bootstrap` somewhere else."""
 
     kind = "remote"
+    kernels_outlive_gateway = True
+    """A stopping gateway leaves these kernels to their bootstraps; the next one finds
+    them from the state directory."""
 
     def __init__(
         self,
@@ -336,6 +346,8 @@ class RemoteLauncher(Launcher):
         self.state = StateStore(state_dir)
         self.report_address = report_address
         self.kernels: dict[str, RemoteKernel] = {}
+        self._unreachable: dict[str, float] = {}
+        """Kernel ids whose bootstrap did not answer, and when to try them again."""
         self._started = False
 
     async def listen(self) -> None:
@@ -429,7 +441,23 @@ class RemoteLauncher(Launcher):
         return {h.kernel_id: ok for h, ok in zip(handles, alive)}
 
     async def find_running(self) -> list[KernelHandle]:
-        records = self.state.load(self.kind)
+        return await self._probe_records(self.state.load(self.kind), timeout=10.0)
+
+    async def find_new(self, known: Collection[str]) -> list[KernelHandle]:
+        """Kernels another gateway sharing the state directory started since."""
+        now = time.monotonic()
+        records = [
+            r
+            for r in self.state.load(self.kind)
+            if r.get("kernel_id") not in known
+            and r.get("kernel_id") not in self.kernels
+            and self._unreachable.get(r.get("kernel_id"), 0) < now
+        ]
+        return await self._probe_records(records, timeout=2.0)
+
+    async def _probe_records(
+        self, records: list[dict[str, Any]], timeout: float
+    ) -> list[KernelHandle]:
         if not records:
             return []
         found: list[KernelHandle] = []
@@ -443,7 +471,7 @@ class RemoteLauncher(Launcher):
                 return
             started = time.monotonic()
             try:
-                await kernel.control("status", timeout=10.0)
+                await kernel.control("status", timeout=timeout)
             except (ConnectionRefusedError, ConnectionResetError, ChannelError) as exc:
                 log.info(
                     "kernel %s: its bootstrap is gone (%s); forgetting it", kernel.kernel_id, exc
@@ -459,6 +487,7 @@ class RemoteLauncher(Launcher):
                     time.monotonic() - started,
                     exc,
                 )
+                self._unreachable[kernel.kernel_id] = time.monotonic() + 60.0
                 return
             self.kernels[kernel.kernel_id] = kernel
             found.append(kernel)

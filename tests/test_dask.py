@@ -92,6 +92,8 @@ def dask_gateway(
         state,
         "--report-ip",
         "127.0.0.1",
+        "--default-launcher",
+        "local",
     ]
     server = start_server(*args)
     yield server, args

@@ -44,6 +44,8 @@ def gateway_args(sshd: SSHServer, specs: str, state_dir: str, *extra: str) -> li
         "127.0.0.1",
         "--max-kernels",
         "8",
+        "--default-launcher",
+        "local",
         *extra,
     ]
 
