@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from .base import (
     ConnectionInfo,
     KernelHandle,
@@ -27,6 +29,10 @@ def launcher_kinds() -> dict[str, type[Launcher]]:
     from .local import LocalLauncher
 
     kinds: dict[str, type[Launcher]] = {LocalLauncher.kind: LocalLauncher}
+    if importlib.util.find_spec("ray") is not None:  # ray installed: the ray launcher
+        from .ray import RayLauncher
+
+        kinds[RayLauncher.kind] = RayLauncher
     try:
         from .ssh import SSHLauncher
 

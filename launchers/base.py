@@ -12,8 +12,12 @@ restart) stays behind it.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
+
+from raygate.resources import ResourceRequest
 
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 
@@ -84,8 +88,12 @@ class LaunchRequest:
     launch_timeout: float
     username: str | None = None
     cwd: str | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
     """The resource request (CPUs, memory, GPUs, ...) in the launcher-neutral form."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resources, dict):  # e.g. read back from a record
+            self.resources = ResourceRequest.from_dict(self.resources)
 
 
 class KernelStartError(Exception):
@@ -111,6 +119,8 @@ class KernelHandle(abc.ABC):
         self.request = request
         self.connection = connection
         self.placement: dict[str, Any] = {}
+        self.created: datetime | None = None
+        """When the kernel started, for kernels found again after a gateway restart."""
 
     @property
     def kernel_id(self) -> str:
@@ -145,6 +155,10 @@ class Launcher(abc.ABC):
 
     kind: ClassVar[str]
 
+    kernels_outlive_gateway: bool = False
+    """Whether the gateway leaves this launcher's kernels running when it stops, to be
+    found again (:meth:`find_running`) by the next gateway or served by another replica."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to the environment (called once when the gateway starts)."""
 
@@ -164,4 +178,10 @@ class Launcher(abc.ABC):
 
     async def find_running(self) -> list[KernelHandle]:
         """Kernels of this launcher that outlived a previous gateway, to serve again."""
+        return []
+
+    async def find_new(self, known: Collection[str]) -> list[KernelHandle]:
+        """Kernels started since (e.g. by another gateway replica) whose ids are not in
+        ``known``; the registry asks periodically. Launchers whose kernels only this
+        gateway starts keep the default."""
         return []

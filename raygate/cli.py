@@ -18,6 +18,7 @@ import tomllib
 from raygate import __version__
 
 from .config import GatewayConfig
+from .resources import parse_memory
 
 ENV_PREFIX = "RAYGATE"
 
@@ -96,8 +97,9 @@ def main() -> None:
 )
 @_option(
     "--default-launcher",
-    default="local",
-    help="Where kernels run unless their kernelspec names a launcher (local).",
+    default="ray",
+    help="Where kernels run unless their kernelspec names a launcher "
+    "(ray, local, ssh, dask).",
 )
 @_option(
     "--cull-idle-timeout",
@@ -212,6 +214,64 @@ def main() -> None:
     help="Address of the Dask scheduler the dask launcher places kernels through.",
 )
 @_option(
+    "--ray-address",
+    default="",
+    envvar=["RAYGATE_RAY_ADDRESS", "RAY_ADDRESS"],
+    help="Ray cluster to join (host:port of its GCS). Empty: start a local Ray for this "
+    "gateway, whose kernels stop with it. Kernels on a joined cluster outlive the gateway.",
+)
+@_option("--ray-namespace", default="raygate", help="Ray namespace of the kernel actors.")
+@_option(
+    "--ray-num-cpus",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Logical CPUs of the local Ray started without --ray-address (0: the machine's "
+    "count, at least 16: idle kernels use little).",
+)
+@_option(
+    "--ray-num-gpus",
+    default=None,
+    type=click.FloatRange(min=0),
+    show_default=False,
+    help="GPUs of the local Ray started without --ray-address (default: as Ray detects).",
+)
+@_option(
+    "--ray-kernel-cpus",
+    default=1.0,
+    type=click.FloatRange(min=0),
+    help="CPUs a Ray kernel reserves when neither its kernelspec nor KERNEL_CPUS says.",
+)
+@_option(
+    "--ray-auth-token-file",
+    default="",
+    help="File with the Ray cluster's auth token, for clusters with token authentication "
+    "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).",
+)
+@_option(
+    "--max-kernel-cpus",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="The most CPUs one kernel may ask for (KERNEL_CPUS and its limit; 0: no cap).",
+)
+@_option(
+    "--max-kernel-memory",
+    default="0",
+    help="The most memory one kernel may ask for, e.g. 16Gi (0: no cap).",
+)
+@_option(
+    "--max-kernel-gpus",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="The most GPUs one kernel may ask for (0: no cap).",
+)
+@_option(
+    "--discovery-interval",
+    default=2.0,
+    type=click.FloatRange(min=0),
+    help="Seconds between looks for kernels started by other gateway replicas on the "
+    "same cluster (0: never).",
+)
+@_option(
     "--log-level",
     default="info",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -226,6 +286,13 @@ def serve(**options: Any) -> None:
     options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
     options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]
     options["ssh_hosts"] = [h.strip() for h in options["ssh_hosts"].split(",") if h.strip()]
+    if str(options["max_kernel_memory"]).strip() in ("", "0"):
+        options["max_kernel_memory"] = 0
+    else:
+        try:
+            options["max_kernel_memory"] = parse_memory(options["max_kernel_memory"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-kernel-memory") from None
     known = {f.name for f in fields(GatewayConfig)}
     config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
     logging.basicConfig(

@@ -17,7 +17,7 @@ class GatewayConfig:
     default_kernel_name: str = "python3"
     kernel_launch_timeout: float = 60.0
     max_kernel_launch_timeout: float = 600.0
-    default_launcher: str = "local"
+    default_launcher: str = "ray"
     cull_idle_timeout: float = 0.0
     """Seconds without activity before a kernel is shut down; 0 turns culling off."""
     cull_interval: float = 300.0
@@ -51,6 +51,24 @@ class GatewayConfig:
     ssh_host_selection: str = "round-robin"
     ssh_python: str = ""
     dask_scheduler: str = ""
+    # Ray: where kernels run as actors, and what one kernel may ask for.
+    ray_address: str = ""
+    """An existing Ray cluster to join; empty: start a local Ray for this gateway."""
+    ray_namespace: str = "raygate"
+    ray_num_cpus: float = 0.0
+    """Logical CPUs of the embedded Ray (0: the machine's count, at least 16)."""
+    ray_num_gpus: float | None = None
+    """GPUs of the embedded Ray (None: those Ray detects)."""
+    ray_kernel_cpus: float = 1.0
+    """CPUs a Ray kernel reserves when neither its kernelspec nor its request says."""
+    ray_auth_token_file: str = ""
+    """File holding the Ray cluster's auth token (token authentication)."""
+    max_kernel_cpus: float = 0.0
+    """The most CPUs one kernel may ask for (0: no cap); likewise memory (bytes) and GPUs."""
+    max_kernel_memory: int = 0
+    max_kernel_gpus: float = 0.0
+    discovery_interval: float = 2.0
+    """Seconds between looks for kernels other gateway replicas started (0: never)."""
 
     def __post_init__(self) -> None:
         base = "/" + self.base_url.strip("/")

@@ -26,6 +26,7 @@ from .config import GatewayConfig
 from .env import parse_timeout, validate_env
 from .errors import APIError
 from .kernelspecs import KernelSpecs, NoSuchKernel
+from .resources import InvalidResourceRequest, ResourceCaps, resource_request
 
 log = logging.getLogger("raygate.registry")
 
@@ -81,6 +82,11 @@ class KernelRegistry:
         self.zmq_context = zmq.asyncio.Context()
         self._starting = 0
         self._monitor: asyncio.Task | None = None
+        self._launching: set[str] = set()
+        """Ids of kernels this gateway is starting (not to be "discovered" meanwhile)."""
+        self._gone: dict[str, None] = {}
+        """Ids of kernels this gateway shut down, newest last (not to be adopted again)."""
+        self._probes: set[asyncio.Task] = set()
 
     # -- lifecycle of the registry ---------------------------------------------
 
@@ -92,9 +98,18 @@ class KernelRegistry:
         self._monitor = asyncio.create_task(self._watch(), name="kernel-monitor")
 
     async def close(self) -> None:
-        """Stop watching and shut down every kernel this gateway owns."""
+        """Stop watching and shut down every kernel this gateway owns; kernels of
+        launchers whose kernels outlive the gateway are only let go."""
         if self._monitor is not None:
             self._monitor.cancel()
+        for task in list(self._probes):
+            task.cancel()
+        kept = [k for k in self.kernels.values() if k.launcher.kernels_outlive_gateway]
+        for kernel in kept:
+            del self.kernels[kernel.id]
+            await kernel.channels.close(1001, "gateway shutting down; the kernel keeps running")
+        if kept:
+            log.info("left %d kernel(s) running for the next gateway", len(kept))
         await asyncio.gather(
             *(self.shutdown(kernel_id) for kernel_id in list(self.kernels)),
             return_exceptions=True,
@@ -113,8 +128,37 @@ class KernelRegistry:
             channels,
             username=handle.request.username,
         )
+        if handle.created is not None:
+            kernel.created = handle.created
         self.kernels[kernel.id] = kernel
-        log.info("kernel %s: found running (%s), serving it again", kernel.id, launcher.kind)
+        log.info("kernel %s: found running (%s), serving it", kernel.id, launcher.kind)
+        # Learn its execution state (and that its sockets answer) without holding up the caller.
+        probe = asyncio.create_task(self._probe(kernel), name=f"probe-{kernel.id}")
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, kernel: Kernel) -> None:
+        try:
+            await kernel.channels.wait_for_ready(10.0, kernel.handle.is_alive)
+        except Exception as exc:
+            log.warning("kernel %s: found, but it does not answer yet: %s", kernel.id, exc)
+            return
+        if kernel.channels.execution_state in ("starting", "busy"):
+            kernel.channels.execution_state = "idle"
+
+    async def discover(self) -> list[str]:
+        """Adopt kernels that another gateway replica started; returns their ids."""
+        found = []
+        for launcher in self.launchers.values():
+            known = set(self.kernels) | self._launching | set(self._gone)
+            for handle in await launcher.find_new(known):
+                if handle.kernel_id in self.kernels or handle.kernel_id in self._launching:
+                    continue
+                if handle.kernel_id in self._gone:
+                    continue
+                await self._adopt(launcher, handle)
+                found.append(handle.kernel_id)
+        return found
 
     def _channels_for(self, handle: KernelHandle) -> KernelChannels:
         channels = KernelChannels(
@@ -167,19 +211,35 @@ class KernelRegistry:
             raise APIError(
                 403, f"Resource limit reached: this gateway runs at most {limit} kernels"
             )
+        try:
+            resources = resource_request(
+                spec.metadata.get("raygate"),
+                kernel_env,
+                ResourceCaps(
+                    cpus=self.config.max_kernel_cpus or None,
+                    memory=self.config.max_kernel_memory or None,
+                    gpus=self.config.max_kernel_gpus or None,
+                ),
+            )
+        except InvalidResourceRequest as exc:
+            raise APIError(400, f"Kernel {name}: bad resource request: {exc}") from None
         self._starting += 1
+        kernel_id = str(uuid.uuid4())
+        self._launching.add(kernel_id)
         try:
             request = LaunchRequest(
-                kernel_id=str(uuid.uuid4()),
+                kernel_id=kernel_id,
                 spec=spec,
                 env=kernel_env,
                 launch_timeout=timeout,
                 username=kernel_env.get("KERNEL_USERNAME") or None,
                 cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
+                resources=resources,
             )
             kernel = await self._launch(launcher, request)
         finally:
             self._starting -= 1
+            self._launching.discard(kernel_id)
         self.kernels[kernel.id] = kernel
         return kernel
 
@@ -260,6 +320,9 @@ class KernelRegistry:
         kernel = self.kernels.pop(kernel_id, None)
         if kernel is None:
             raise APIError(404, f"Kernel does not exist: {kernel_id}")
+        self._gone[kernel_id] = None
+        while len(self._gone) > 10_000:
+            del self._gone[next(iter(self._gone))]
         kernel.busy_with = "shutting down"
         try:
             await kernel.channels.request(
@@ -274,11 +337,15 @@ class KernelRegistry:
     # -- watching -----------------------------------------------------------------
 
     async def _watch(self) -> None:
-        last_cull = time.monotonic()
+        last_cull = last_discovery = time.monotonic()
         while True:
             await asyncio.sleep(self.config.monitor_interval)
             try:
                 await self._check_liveness()
+                interval = self.config.discovery_interval
+                if interval > 0 and time.monotonic() - last_discovery >= interval:
+                    last_discovery = time.monotonic()
+                    await self.discover()
                 if (
                     self.config.cull_idle_timeout > 0
                     and time.monotonic() - last_cull >= self.config.cull_interval
