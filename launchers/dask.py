@@ -32,7 +32,12 @@ from distributed.utils import get_ip
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
 from .process import spawn_kernel, tail
-from .remote import RemoteLauncher, describe_resources, requested_resources
+from .remote import (
+    RemoteLauncher,
+    describe_resources,
+    placement_constraints,
+    requested_resources,
+)
 from .report import ReportListener, new_secret
 
 log = logging.getLogger("raygate.launchers.dask")
@@ -184,6 +189,13 @@ class DaskLauncher(RemoteLauncher):
         margin = min(2.0, 0.2 * request.launch_timeout)
         deadline = started + request.launch_timeout - margin
         address = self._scheduler_for(request)
+        constraints = placement_constraints(request)
+        if constraints:
+            raise KernelStartError(
+                "the dask launcher places kernels by resources only; it cannot honour "
+                + "; ".join(constraints),
+                status=400,
+            )
         client = await self._client(address)
         workers = (await client.scheduler.identity(n_workers=-1)).get("workers", {})
         resources = self.dask_resources(requested_resources(request), workers)

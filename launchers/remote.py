@@ -113,6 +113,25 @@ def requested_resources(request: LaunchRequest) -> dict[str, float]:
     return out
 
 
+def placement_constraints(request: LaunchRequest) -> list[str]:
+    """The parts of the request that pick nodes rather than amounts (accelerator type,
+    node labels, a named node), in words; launchers that cannot honour them refuse."""
+    res: Any = request.resources
+    if res is None or isinstance(res, dict):
+        res = res or {}
+    else:
+        to_dict = getattr(res, "to_dict", None)
+        res = to_dict() if callable(to_dict) else dataclasses.asdict(res)
+    out = []
+    if res.get("accelerator_type"):
+        out.append(f"accelerator type {res['accelerator_type']}")
+    if res.get("node_labels"):
+        out.append("node labels " + ",".join(f"{k}={v}" for k, v in res["node_labels"].items()))
+    if res.get("strategy") == "node":
+        out.append(f"node {res.get('node_id')}")
+    return out
+
+
 def describe_resources(resources: dict[str, float]) -> str:
     if not resources:
         return "no resources"

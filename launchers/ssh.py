@@ -31,7 +31,13 @@ from typing import Any
 import asyncssh
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
-from .remote import RemoteKernel, RemoteLauncher
+from .remote import (
+    RemoteKernel,
+    RemoteLauncher,
+    describe_resources,
+    placement_constraints,
+    requested_resources,
+)
 from .report import ReportListener, new_secret
 
 log = logging.getLogger("raygate.launchers.ssh")
@@ -229,6 +235,13 @@ class SSHLauncher(RemoteLauncher):
         deadline = time.monotonic() + request.launch_timeout
         hosts = self._pool(request)
         order = self._order(hosts, request)
+        wanted = requested_resources(request)
+        if wanted or placement_constraints(request):
+            log.info(
+                "kernel %s: SSH hosts reserve nothing; its request (%s) is not enforced",
+                request.kernel_id,
+                "; ".join([describe_resources(wanted), *placement_constraints(request)]),
+            )
         errors = []
         for host in order:
             try:

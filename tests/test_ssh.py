@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -166,6 +167,26 @@ async def test_interrupt_restart_shutdown(ssh_gateway: Gateway) -> None:
     assert_running(pids)
     assert ssh_gateway.delete(f"/api/kernels/{kernel_id}").status_code == 204
     assert wait_gone(pids) == []
+
+
+async def test_kernel_that_dies_is_restarted_through_its_bootstrap(ssh_gateway: Gateway) -> None:
+    model = ssh_gateway.start_kernel("ssh-python")
+    kernel_id, old_pid = model["id"], model["placement"]["pid"]
+    ws = await ssh_gateway.connect(kernel_id)
+    await ws.send(message("execute_request", {"code": "import os; os._exit(1)", "silent": False}))
+    await ws.close()
+    assert wait_gone([old_pid]) == []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        model = ssh_gateway.get(f"/api/kernels/{kernel_id}").json()
+        if model["placement"]["pid"] != old_pid:
+            break
+        await asyncio.sleep(0.2)
+    assert model["placement"]["pid"] != old_pid
+    out = await run(ssh_gateway, kernel_id, "1 + 1")
+    assert out.result == "2"
+    ssh_gateway.shutdown_kernel(kernel_id)
+    assert wait_gone(remote_pids(model)) == []
 
 
 def test_pinned_host_must_be_in_the_pool(ssh_gateway: Gateway) -> None:
