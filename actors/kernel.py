@@ -124,9 +124,7 @@ class KernelActor:
             self.expected_exit = False
             self.exit_reason = ""
         self._clear_exit_notice()
-        threading.Thread(
-            target=self._watch, args=(proc,), name="kernel-watch", daemon=True
-        ).start()
+        threading.Thread(target=self._watch, args=(proc,), name="kernel-watch", daemon=True).start()
 
     def _watch(self, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -219,6 +217,10 @@ class KernelActor:
         self._stop()
         self._spawn()
         return self.connection
+
+    def stop(self) -> None:
+        """Stop the kernel process but keep the actor (and its resources) for a restart."""
+        self._stop()
 
     def shutdown(self) -> None:
         self._stop()

@@ -273,9 +273,12 @@ class KernelRegistry:
             launcher.kind,
             time.monotonic() - started,
         )
-        return Kernel(
+        kernel = Kernel(
             request.kernel_id, name, launcher, handle, channels, username=request.username
         )
+        if handle.created is not None:  # as the launcher recorded it, for later gateways
+            kernel.created = handle.created
+        return kernel
 
     # -- control ------------------------------------------------------------------
 

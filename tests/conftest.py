@@ -150,3 +150,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One real two-node Ray cluster (logical GPUs on the second node) for the session."""
+    from ray_cluster import RayTestCluster
+
+    cluster = RayTestCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,320 @@
+"""Kernels as Ray actors on a real two-node Ray cluster (logical GPUs, token auth).
+
+The cluster (tests/ray_cluster.py) starts once per session; each gateway here is a real
+``raygate serve --ray-address ...`` process, each kernel a real ipykernel in a kernel
+actor. No GPU is needed: the GPUs are Ray's logical ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from conftest import ServerProcess, wait_gone
+from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
+from kgclient import Gateway
+
+NAMESPACE = "rg-tests"
+
+
+def ray_args(cluster, namespace: str, specs: str, *extra: str) -> list[str]:
+    return [
+        "--ray-address",
+        cluster.address,
+        "--ray-namespace",
+        namespace,
+        "--kernelspec-dirs",
+        specs,
+        "--discovery-interval",
+        "0.5",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = make_test_kernelspecs(str(tmp_path_factory.mktemp("ray-specs")))
+    write_kernelspec(
+        root,
+        "python3-env",
+        ipykernel_argv(),
+        metadata={
+            "raygate": {
+                "resources": {"cpus": 0.5},
+                "runtime_env": {"env_vars": {"RAYGATE_FROM_RUNTIME_ENV": "yes"}},
+            }
+        },
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_server(ray_cluster, specs: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(ray_args(ray_cluster, NAMESPACE, specs), env=ray_cluster.env())
+    server.wait_ready(120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gw(ray_server: ServerProcess) -> Iterator[Gateway]:
+    client = ray_server.client
+    before = {k["id"] for k in client.get("/api/kernels").json()}
+    yield client
+    for k in client.get("/api/kernels").json():
+        if k["id"] not in before:
+            client.shutdown_kernel(k["id"])
+
+
+async def run(gw: Gateway, kernel_id: str, code: str, timeout: float = 60):
+    ws = await gw.connect(kernel_id)
+    try:
+        return await ws.execute(code, timeout=timeout)
+    finally:
+        await ws.close()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+# -- placement ----------------------------------------------------------------------------
+
+
+async def test_plain_kernel_sees_no_gpu_and_joins_the_cluster(gw: Gateway, ray_cluster) -> None:
+    kernel = gw.start_kernel()
+    assert kernel["launcher"] == "ray"
+    placement = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]
+    assert placement["gpu_ids"] == []
+    assert placement["node_id"] and placement["node_ip"] and placement["resources"]["CPU"] == 1
+    out = await run(
+        gw,
+        kernel["id"],
+        "import os, ray\n"
+        "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
+        "ray.init(logging_level='error')\n"
+        "print(sorted(n['NodeID'] for n in ray.nodes() if n['Alive']))\n"
+        "print(os.environ['KERNEL_ID'])",
+        timeout=120,
+    )
+    assert out.status == "ok", out.error
+    lines = out.stdout.splitlines()
+    assert lines[0] == "''"
+    assert ray_cluster.gpu_node_id in lines[1] and ray_cluster.head_node_id in lines[1]
+    assert lines[2] == kernel["id"]
+
+
+async def test_gpu_kernel_lands_on_the_gpu_node(gw: Gateway, ray_cluster) -> None:
+    kernel = gw.start_kernel(env={"KERNEL_GPUS": "1", "KERNEL_MEMORY": "256Mi"})
+    placement = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]
+    assert placement["node_id"] == ray_cluster.gpu_node_id
+    assert len(placement["gpu_ids"]) == 1
+    assert placement["resources"]["GPU"] == 1
+    assert placement["resources"]["memory"] == 256 * 2**20
+    out = await run(gw, kernel["id"], "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")
+    assert out.stdout.strip() == placement["gpu_ids"][0]
+
+
+def test_node_labels_and_custom_resources_place_the_kernel(gw: Gateway, ray_cluster) -> None:
+    kernel = gw.start_kernel(env={"KERNEL_NODE_LABELS": "raygate-test=gpu", "KERNEL_CPUS": "0.5"})
+    placement = kernel["placement"]
+    assert placement["node_id"] == ray_cluster.gpu_node_id
+    assert placement["resources"]["CPU"] == 0.5
+    assert placement["gpu_ids"] == []
+
+
+async def test_runtime_env_from_the_kernelspec(gw: Gateway) -> None:
+    kernel = gw.start_kernel("python3-env")
+    assert kernel["placement"]["resources"]["CPU"] == 0.5
+    out = await run(gw, kernel["id"], "import os; print(os.environ['RAYGATE_FROM_RUNTIME_ENV'])")
+    assert out.stdout.strip() == "yes"
+
+
+def test_impossible_request_fails_fast(gw: Gateway) -> None:
+    started = time.monotonic()
+    r = gw.post("/api/kernels", json={"name": "python3", "env": {"KERNEL_GPUS": "8"}})
+    assert r.status_code == 400, r.text
+    assert time.monotonic() - started < 5
+    message = r.json()["message"]
+    assert "8 GPU" in message and "2 GPU" in message, message
+    r = gw.post(
+        "/api/kernels",
+        json={"name": "python3", "env": {"KERNEL_RESOURCES": "special=1,nowhere=1"}},
+    )
+    assert r.status_code == 400 and "nowhere" in r.json()["message"], r.text
+
+
+def test_bad_resource_values_are_400(gw: Gateway) -> None:
+    for env, words in (
+        ({"KERNEL_MEMORY": "lots"}, "KERNEL_MEMORY"),
+        ({"KERNEL_GPUS": "-1"}, "KERNEL_GPUS"),
+        ({"KERNEL_CPUS": "2", "KERNEL_CPUS_LIMIT": "1"}, "limit"),
+        ({"KERNEL_SCHEDULING_STRATEGY": "sideways"}, "strategy"),
+    ):
+        r = gw.post("/api/kernels", json={"name": "python3", "env": env})
+        assert r.status_code == 400, r.text
+        assert words.lower() in r.json()["message"].lower(), r.text
+
+
+def test_request_that_must_wait_times_out_and_is_removed(gw: Gateway, ray_cluster) -> None:
+    holder = gw.start_kernel(env={"KERNEL_RESOURCES": "special=1", "KERNEL_CPUS": "0.5"})
+    assert holder["placement"]["resources"]["special"] == 1
+    started = time.monotonic()
+    r = gw.post(
+        "/api/kernels",
+        json={
+            "name": "python3",
+            "env": {
+                "KERNEL_RESOURCES": "special=1",
+                "KERNEL_CPUS": "0.5",
+                "KERNEL_LAUNCH_TIMEOUT": "4",
+            },
+        },
+    )
+    waited = time.monotonic() - started
+    assert r.status_code == 503, r.text
+    assert 2.5 < waited < 15
+    assert "capacity" in r.json()["message"] and "special" in r.json()["message"]
+    # only the holder's actor is left
+    ids = {k["id"] for k in gw.get("/api/kernels").json()}
+    assert set(ray_cluster.wait_actors(NAMESPACE, ids, timeout=10)) == ids
+
+
+# -- control ---------------------------------------------------------------------------
+
+
+async def test_interrupt_keeps_state_restart_clears_it(gw: Gateway) -> None:
+    kernel = gw.start_kernel()
+    ws = await gw.connect(kernel["id"])
+    await ws.execute("x = 42")
+    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
+    await asyncio.sleep(1.0)
+    assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
+    out = await asyncio.wait_for(task, 20)
+    assert out.error and out.error["ename"] == "KeyboardInterrupt"
+    assert (await ws.execute("x")).result == "42"
+    pid = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]["actor_pid"]
+    r = gw.post(f"/api/kernels/{kernel['id']}/restart")
+    assert r.status_code == 200, r.text
+    out = await ws.execute("x")
+    assert out.error and out.error["ename"] == "NameError"
+    after = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]
+    assert after["actor_pid"] == pid  # same actor, same resources
+    await ws.close()
+
+
+async def test_message_mode_interrupt(gw: Gateway) -> None:
+    kernel = gw.start_kernel("by-message")
+    ws = await gw.connect(kernel["id"])
+    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
+    await asyncio.sleep(1.0)
+    assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
+    out = await asyncio.wait_for(task, 20)
+    assert out.error and out.error["ename"] == "KeyboardInterrupt"
+    await ws.close()
+
+
+def test_killed_actor_worker_leaves_no_kernel(gw: Gateway) -> None:
+    kernel = gw.start_kernel()
+    placement = kernel["placement"]
+    kernel_pid, actor_pid = placement["pid"], placement["actor_pid"]
+    assert psutil.pid_exists(kernel_pid)
+    os.kill(actor_pid, signal.SIGKILL)  # as the OOM killer would
+    assert wait_gone([kernel_pid], timeout=10) == []
+    # the gateway notices, reports the kernel dead and drops it
+    assert wait_for(lambda: gw.get(f"/api/kernels/{kernel['id']}").status_code == 404, timeout=30)
+
+
+def test_shutdown_removes_actor_and_kernel(gw: Gateway, ray_cluster) -> None:
+    kernel = gw.start_kernel()
+    assert kernel["id"] in ray_cluster.actors(NAMESPACE)
+    gw.shutdown_kernel(kernel["id"])
+    assert wait_gone([kernel["placement"]["pid"]], timeout=10) == []
+    assert kernel["id"] not in ray_cluster.wait_actors(
+        NAMESPACE, set(ray_cluster.actors(NAMESPACE)) - {kernel["id"]}, timeout=10
+    )
+
+
+# -- kernels outlive the gateway -------------------------------------------------------------
+
+
+async def test_kernel_survives_gateway_sigkill(ray_cluster, specs: str) -> None:
+    namespace = f"rg-{uuid.uuid4().hex[:8]}"
+    first = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
+    second = None
+    try:
+        first.wait_ready(120)
+        kernel = first.client.start_kernel()
+        await run(first.client, kernel["id"], "x = 'still here'")
+        first.stop(signal.SIGKILL)
+        second = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
+        second.wait_ready(120)
+        listed = second.client.get("/api/kernels").json()
+        assert [k["id"] for k in listed] == [kernel["id"]]
+        assert listed[0]["created"] == kernel["created"]
+        assert listed[0]["placement"]["pid"] == kernel["placement"]["pid"]
+        out = await run(second.client, kernel["id"], "print(x)")
+        assert out.stdout == "still here\n"
+        # SIGTERM on a gateway joined to a cluster leaves the kernel running, too
+        second.stop(signal.SIGTERM)
+        assert set(ray_cluster.actors(namespace)) == {kernel["id"]}
+        assert psutil.pid_exists(kernel["placement"]["pid"])
+        second = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
+        second.wait_ready(120)
+        second.client.shutdown_kernel(kernel["id"])
+        assert ray_cluster.wait_actors(namespace, set(), timeout=15) == {}
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
+
+
+async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> None:
+    namespace = f"rg-{uuid.uuid4().hex[:8]}"
+    a = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
+    b = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
+    try:
+        a.wait_ready(120)
+        b.wait_ready(120)
+        kernel = a.client.start_kernel()
+        await run(a.client, kernel["id"], "y = 7")
+        assert wait_for(lambda: b.client.get(f"/api/kernels/{kernel['id']}").status_code == 200)
+        assert [k["id"] for k in b.client.get("/api/kernels").json()] == [kernel["id"]]
+        out = await run(b.client, kernel["id"], "y * 6")
+        assert out.result == "42"
+        # a kernel B starts shows up on A
+        other = b.client.start_kernel()
+        assert wait_for(lambda: a.client.get(f"/api/kernels/{other['id']}").status_code == 200)
+        # a kernel shut down on A disappears from B, and its clients on B hear it died
+        ws = await b.client.connect(kernel["id"])
+        a.client.shutdown_kernel(kernel["id"])
+        assert wait_for(
+            lambda: b.client.get(f"/api/kernels/{kernel['id']}").status_code == 404, timeout=30
+        )
+        states = []
+        try:
+            while True:
+                m = await ws.recv(5)
+                if m["header"]["msg_type"] == "status":
+                    states.append(m["content"]["execution_state"])
+        except Exception:
+            pass
+        assert "dead" in states, states
+        b.client.shutdown_kernel(other["id"])
+        assert ray_cluster.wait_actors(namespace, set(), timeout=15) == {}
+    finally:
+        a.stop()
+        b.stop()
