@@ -281,8 +281,8 @@ class DaskLauncher(RemoteLauncher):
                 status=504,
             )
         return KernelStartError(
-            f"timed out after {waited:g}s waiting for capacity on the Dask cluster at "
-            f"{address}: the kernel asks for {describe_resources(resources)} and no worker "
-            f"had it free (workers: {self._describe_workers(workers)})",
+            f"gave up after waiting {waited:g}s for capacity: the kernel asks for "
+            f"{describe_resources(resources)} and no worker of the Dask cluster at {address} "
+            f"has that free (workers: {self._describe_workers(workers)})",
             status=504,
         )

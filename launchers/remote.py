@@ -19,6 +19,8 @@ from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Any
 
+from raygate.resources import ResourceRequest
+
 from .base import (
     ConnectionInfo,
     KernelHandle,
@@ -50,85 +52,37 @@ def default_state_dir() -> str:
 # -- resources --------------------------------------------------------------------------
 
 
-def _number(value: Any) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-_MEMORY_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024, "mi": 1024**2}
-_MEMORY_UNITS.update({"gi": 1024**3, "ti": 1024**4})
-
-
-def _memory_bytes(value: Any) -> float | None:
-    number = _number(value)
-    if number is not None or not isinstance(value, str):
-        return number
-    text = value.strip().lower().removesuffix("b")
-    for unit in sorted(_MEMORY_UNITS, key=len, reverse=True):
-        if unit and text.endswith(unit):
-            amount = _number(text[: -len(unit)])
-            return None if amount is None else amount * _MEMORY_UNITS[unit]
-    return None
+def _resource_request(request: LaunchRequest) -> ResourceRequest:
+    res: Any = request.resources
+    return res if isinstance(res, ResourceRequest) else ResourceRequest.from_dict(res or {})
 
 
 def requested_resources(request: LaunchRequest) -> dict[str, float]:
-    """``{"CPU": .., "GPU": .., "memory": bytes, <custom>: ..}`` for a launch request.
-
-    Reads ``request.resources`` (the launcher-neutral request model, as a mapping or an
-    object with ``cpus``/``gpus``/``memory``/``custom`` fields); when that is empty, the
-    kernelspec's ``metadata.raygate.resources`` and the ``KERNEL_CPUS``, ``KERNEL_GPUS``
-    and ``KERNEL_MEMORY`` variables.
-    """
-    res: Any = request.resources
-    if res is not None and not isinstance(res, dict):
-        to_dict = getattr(res, "to_dict", None)
-        res = to_dict() if callable(to_dict) else dataclasses.asdict(res)
-    if not res:
-        res = dict(request.spec.metadata.get("raygate", {}).get("resources") or {})
-        for key, var in (
-            ("cpus", "KERNEL_CPUS"),
-            ("gpus", "KERNEL_GPUS"),
-            ("memory", "KERNEL_MEMORY"),
-        ):
-            if request.env.get(var):
-                res[key] = request.env[var]
+    """The amounts a kernel asks for, by the names Dask workers and the like use:
+    ``{"CPU": .., "GPU": .., "memory": bytes, <custom>: ..}`` (only what was asked)."""
+    res = _resource_request(request)
     out: dict[str, float] = {}
-    for key, name in (("cpus", "CPU"), ("num_cpus", "CPU"), ("gpus", "GPU"), ("num_gpus", "GPU")):
-        amount = _number(res.get(key))
-        if amount:
-            out[name] = amount
-    memory = _memory_bytes(res.get("memory"))
-    if memory:
-        out["memory"] = memory
-    custom = res.get("custom") or res.get("resources") or {}
-    if isinstance(custom, dict):
-        for name, value in custom.items():
-            amount = _number(value)
-            if amount:
-                out[str(name)] = amount
+    if res.cpus:
+        out["CPU"] = res.cpus
+    if res.gpus:
+        out["GPU"] = res.gpus
+    if res.memory:
+        out["memory"] = float(res.memory)
+    out.update({str(name): amount for name, amount in res.custom.items() if amount})
     return out
 
 
 def placement_constraints(request: LaunchRequest) -> list[str]:
     """The parts of the request that pick nodes rather than amounts (accelerator type,
     node labels, a named node), in words; launchers that cannot honour them refuse."""
-    res: Any = request.resources
-    if res is None or isinstance(res, dict):
-        res = res or {}
-    else:
-        to_dict = getattr(res, "to_dict", None)
-        res = to_dict() if callable(to_dict) else dataclasses.asdict(res)
+    res = _resource_request(request)
     out = []
-    if res.get("accelerator_type"):
-        out.append(f"accelerator type {res['accelerator_type']}")
-    if res.get("node_labels"):
-        out.append("node labels " + ",".join(f"{k}={v}" for k, v in res["node_labels"].items()))
-    if res.get("strategy") == "node":
-        out.append(f"node {res.get('node_id')}")
+    if res.accelerator_type:
+        out.append(f"accelerator type {res.accelerator_type}")
+    if res.node_labels:
+        out.append("node labels " + ",".join(f"{k}={v}" for k, v in res.node_labels.items()))
+    if res.strategy == "node":
+        out.append(f"node {res.node_id}")
     return out
 
 
@@ -142,10 +96,7 @@ def describe_resources(resources: dict[str, float]) -> str:
 
 
 def request_to_dict(request: LaunchRequest) -> dict[str, Any]:
-    data = dataclasses.asdict(request)
-    if not isinstance(data.get("resources"), dict | None):
-        data["resources"] = {}
-    return data
+    return dataclasses.asdict(request)  # resources too, read back by LaunchRequest
 
 
 def request_from_dict(data: dict[str, Any]) -> LaunchRequest:

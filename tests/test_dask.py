@@ -136,7 +136,7 @@ async def test_gpu_kernel_holds_the_slot_until_shutdown(
     assert r.status_code == 504, r.text
     assert time.monotonic() - started < 7
     text = r.json()["message"]
-    assert "waiting for capacity" in text and "GPU=1" in text
+    assert "for capacity" in text and "GPU=1" in text
 
     # a kernel that asks for no GPU is not held up
     plain = gw.start_kernel("dask-python")
