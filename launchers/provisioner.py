@@ -60,7 +60,10 @@ class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return self.handle is not None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        kwargs = await super().pre_launch(**kwargs)
+        # The command runs on the actor's node with the actor's own connection file; this
+        # one only satisfies the kernel manager, which wants a command back.
+        extra = kwargs.pop("extra_arguments", None) or []
+        kwargs = await super().pre_launch(cmd=list(self.kernel_spec.argv) + extra, **kwargs)
         self._env = dict(kwargs.get("env") or {})
         return kwargs
 
