@@ -278,6 +278,7 @@ class RayLauncher(Launcher):
         kernel_cpus: float = 1.0,
         auth_token_file: str = "",
         eager: bool = True,
+        warm_workers: bool = True,
     ) -> None:
         self.address = address
         self.namespace = namespace
@@ -286,6 +287,9 @@ class RayLauncher(Launcher):
         self.kernel_cpus = kernel_cpus
         self.auth_token_file = auth_token_file
         self.eager = eager
+        self.warm_workers = warm_workers
+        self._raylets: dict[str, Any] = {}
+        self.warm_delay = 1.5
         self.connected = False
         self.embedded = False
         self.kernels_outlive_gateway = bool(address)
@@ -461,7 +465,50 @@ class RayLauncher(Launcher):
         except BaseException:
             self._kill(actor)  # cancelled by the registry's timeout, or the gateway stops
             raise
-        return self._handle(actor, info, request)
+        handle = self._handle(actor, info, request)
+        if self.warm_workers and "runtime_env" not in options:
+            self._warm(handle.placement["node_id"])
+        return handle
+
+    def _warm(self, node_id: str) -> None:
+        """Have an idle worker process ready on the node that just took a kernel.
+
+        A kernel actor needs a worker process of its own, and starting one costs seconds
+        (mostly ``import ray``). Ray prestarts a few when a node starts; after each launch
+        this asks the node's raylet to prestart one more for this gateway's job, so the
+        next kernel there starts in about the time of the kernel process itself.
+        """
+        threading.Thread(
+            target=self._prestart_worker, args=(node_id,), name="ray-prestart", daemon=True
+        ).start()
+
+    def _prestart_worker(self, node_id: str) -> None:
+        import ray
+
+        # Not while the kernel just launched is still starting: they would share the CPU.
+        time.sleep(self.warm_delay)
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+
+        try:
+            stub = self._raylets.get(node_id)
+            if stub is None:
+                node = next(n for n in ray.nodes() if n["NodeID"] == node_id and n["Alive"])
+                address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+                channel = init_grpc_channel(address, asynchronous=False)
+                stub = self._raylets[node_id] = node_manager_pb2_grpc.NodeManagerServiceStub(
+                    channel
+                )
+            request = node_manager_pb2.PrestartWorkersRequest(
+                language=common_pb2.PYTHON,
+                job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
+                keep_alive_duration_secs=600,
+                num_workers=1,
+            )
+            stub.PrestartWorkers(request, timeout=10)
+        except Exception as exc:  # only an optimisation
+            self._raylets.pop(node_id, None)
+            log.debug("ray: could not prestart a worker on %s: %s", node_id, exc)
 
     def _still_waiting(
         self, actor: Any, request: LaunchRequest, options: dict[str, Any], waited: float
