@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Collection
@@ -330,6 +331,11 @@ class RayLauncher(Launcher):
             if self.num_gpus is not None:
                 init_args["num_gpus"] = self.num_gpus
             started = time.monotonic()
+            # Ray's core worker installs its own SIGTERM/SIGINT handlers (that dump a stack
+            # and exit); the server's own must stay, so that a SIGTERM shuts down cleanly.
+            handlers = {}
+            if threading.current_thread() is threading.main_thread():
+                handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
             try:
                 self.embedded = await asyncio.to_thread(
                     connect_ray, self.address, self.namespace, **init_args
@@ -337,6 +343,10 @@ class RayLauncher(Launcher):
             except Exception as exc:
                 where = self.address or "a local Ray"
                 raise KernelStartError(f"cannot connect to Ray at {where}: {exc}", 503) from exc
+            finally:
+                for sig, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
             self.kernels_outlive_gateway = not self.embedded
             self.connected = True
             log.info(
@@ -353,9 +363,9 @@ class RayLauncher(Launcher):
         self.connected = False
         import ray
 
-        if self.embedded:
-            # Kernels stop with the embedded Ray; the registry has shut them down already.
-            await asyncio.to_thread(ray.shutdown)
+        # The embedded Ray stops here, and its kernels with it (the registry has shut them
+        # down already); on a joined cluster this only disconnects, kernels keep running.
+        await asyncio.to_thread(ray.shutdown)
 
     # -- starting ----------------------------------------------------------------------
 

@@ -270,6 +270,7 @@ async def test_kernel_survives_gateway_sigkill(ray_cluster, specs: str) -> None:
         assert out.stdout == "still here\n"
         # SIGTERM on a gateway joined to a cluster leaves the kernel running, too
         second.stop(signal.SIGTERM)
+        assert "left 1 kernel(s) running" in second.output()
         assert set(ray_cluster.actors(namespace)) == {kernel["id"]}
         assert psutil.pid_exists(kernel["placement"]["pid"])
         second = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
@@ -318,3 +319,16 @@ async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> N
     finally:
         a.stop()
         b.stop()
+
+
+def test_embedded_ray_kernels_stop_with_the_gateway(start_server) -> None:
+    """``raygate serve`` with no Ray address starts a Ray of its own; SIGTERM stops the
+    gateway, its kernels and that Ray, leaving no process behind."""
+    server = start_server("--ray-num-cpus", "2", "--ray-namespace", "rg-embedded")
+    kernel = server.client.start_kernel()
+    assert kernel["launcher"] == "ray"
+    processes = server.kernel_pids()  # the local Ray's processes, actor and kernel among them
+    assert kernel["placement"]["pid"] in processes
+    server.stop(signal.SIGTERM)
+    assert "shutting down 1 kernel(s)" in server.output()  # a clean exit, not Ray's handler
+    assert wait_gone(processes, timeout=60) == []
