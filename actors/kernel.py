@@ -213,10 +213,10 @@ class KernelActor:
             sock.close()
 
     def restart(self) -> dict[str, Any]:
-        """A fresh kernel process on the same ports; returns the connection info."""
+        """A fresh kernel process on the same ports; returns :meth:`describe`."""
         self._stop()
         self._spawn()
-        return self.connection
+        return self.describe()
 
     def stop(self) -> None:
         """Stop the kernel process but keep the actor (and its resources) for a restart."""

@@ -238,7 +238,8 @@ class RayKernel(KernelHandle):
             raise KernelStartError(f"the kernel cannot restart: {reason}", status=410) from None
         except asyncio.TimeoutError:
             raise KernelStartError("the kernel's actor did not restart it in time") from None
-        return ConnectionInfo.from_dict(info)
+        self.placement.update(info["placement"])
+        return ConnectionInfo.from_dict(info["connection"])
 
     async def shutdown(self) -> None:
         if self.stopped:
@@ -454,7 +455,7 @@ class RayLauncher(Launcher):
             options = actor_options(request, self.namespace, self.kernel_cpus)
         except (TypeError, ValueError) as exc:
             raise KernelStartError(f"bad Ray options: {exc}", status=400) from None
-        self._check_feasible(request, options)
+        await asyncio.to_thread(self._check_feasible, request, options)
         import ray
 
         try:
@@ -603,8 +604,8 @@ class RayLauncher(Launcher):
         """Two cluster queries for all kernels: which actors live, which kernels exited."""
         if not handles or not self.connected:
             return {h.kernel_id: True for h in handles}
-        live = self._live_names()
-        exited = self._exited()
+        # Off the event loop: a cluster that does not answer must not stall the gateway.
+        live, exited = await asyncio.to_thread(lambda: (self._live_names(), self._exited()))
         return {h.kernel_id: h.kernel_id in live and h.kernel_id not in exited for h in handles}
 
     # -- finding kernels again ------------------------------------------------------------
@@ -619,13 +620,13 @@ class RayLauncher(Launcher):
             return []
         import ray
 
-        names = sorted(self._live_names() - set(known))
+        names = sorted(await asyncio.to_thread(self._live_names) - set(known))
         if not names:
             return []
 
         async def describe(name: str) -> KernelHandle | None:
             try:
-                actor = ray.get_actor(name, namespace=self.namespace)
+                actor = await asyncio.to_thread(ray.get_actor, name, self.namespace)
                 # Actors still starting (or not ours) do not answer in time: next round.
                 info = await _get(actor.describe.remote(), 5.0)
                 return self._handle(actor, info, _request_from_meta(info["meta"]))

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ServerProcess, wait_gone
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
-from kgclient import Gateway
+from kgclient import Gateway, message
 
 NAMESPACE = "rg-tests"
 
@@ -224,6 +224,27 @@ async def test_message_mode_interrupt(gw: Gateway) -> None:
     assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
     out = await asyncio.wait_for(task, 20)
     assert out.error and out.error["ename"] == "KeyboardInterrupt"
+    await ws.close()
+
+
+async def test_kernel_that_exits_is_restarted_in_its_actor(gw: Gateway) -> None:
+    """The actor reports the exit (one cluster query finds it); the registry restarts it."""
+    kernel = gw.start_kernel()
+    before = kernel["placement"]
+    ws = await gw.connect(kernel["id"])
+    await ws.execute("z = 1")
+    await ws.send(message("execute_request", {"code": "import os; os._exit(3)"}))
+    states = []
+    deadline = time.monotonic() + 30
+    while "restarting" not in states and time.monotonic() < deadline:
+        m = await ws.recv(30)
+        if m["header"]["msg_type"] == "status":
+            states.append(m["content"]["execution_state"])
+    assert "restarting" in states, states
+    out = await ws.execute("z")
+    assert out.error and out.error["ename"] == "NameError"
+    after = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]
+    assert after["actor_pid"] == before["actor_pid"] and after["pid"] != before["pid"]
     await ws.close()
 
 
