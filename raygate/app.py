@@ -17,7 +17,7 @@ from raygate.launchers import Launcher, launcher_kinds
 from .auth import TokenAuthMiddleware
 from .config import GatewayConfig
 from .errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
-from .handlers import api, channels, kernels, kernelspecs, sessions
+from .handlers import api, channels, health, kernels, kernelspecs, sessions
 from .kernelspecs import KernelSpecs
 from .registry import KernelRegistry
 from .sessions import SessionStore
@@ -32,6 +32,8 @@ def api_routes() -> list[BaseRoute]:
     return [
         Route("/api", api.api_info, methods=["GET"]),
         Route("/api/", api.api_info, methods=["GET"]),
+        Route("/api/health", health.health, methods=["GET"]),
+        Route("/api/ready", health.ready, methods=["GET"]),
         Route("/api/kernelspecs", kernelspecs.list_kernelspecs, methods=["GET"]),
         Route("/api/kernelspecs/{name}", kernelspecs.get_kernelspec, methods=["GET"]),
         Route(
@@ -79,10 +81,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await registry.open()
+        app.state.ready = True
         log.info("raygate ready; launchers: %s", ", ".join(sorted(launchers)))
         try:
             yield
         finally:
+            app.state.ready = "stopping"
             log.info("shutting down %d kernel(s)", len(registry.kernels))
             await registry.close()
 
@@ -102,7 +106,13 @@ def create_app(
                 allow_credentials="*" not in origins,
             )
         )
-    middleware.append(Middleware(TokenAuthMiddleware, token=config.auth_token))
+    middleware.append(
+        Middleware(
+            TokenAuthMiddleware,
+            token=config.auth_token,
+            open_paths=[config.base_url + path for path in health.HEALTH_PATHS],
+        )
+    )
 
     app = Starlette(
         routes=routes,
@@ -115,6 +125,7 @@ def create_app(
         },
     )
     app.state.config = config
+    app.state.ready = False
     app.state.kernelspecs = specs
     app.state.registry = registry
     app.state.sessions = SessionStore(registry)

@@ -7,6 +7,7 @@ which is how some clients authenticate WebSockets.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,12 +29,14 @@ def presented_token(scope: Scope) -> str | None:
 
 
 class TokenAuthMiddleware:
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token.encode()
+        self.open_paths = frozenset(open_paths)
+        """Exact paths served without a token (health probes)."""
 
     def allowed(self, scope: Scope) -> bool:
-        if not self.token:
+        if not self.token or scope.get("path") in self.open_paths:
             return True
         token = presented_token(scope)
         return token is not None and hmac.compare_digest(token.encode(), self.token)

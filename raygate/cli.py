@@ -18,6 +18,7 @@ import tomllib
 from raygate import __version__
 
 from .config import GatewayConfig
+from .kernelspec_cli import kernelspec
 from .resources import parse_memory
 
 ENV_PREFIX = "RAYGATE"
@@ -49,6 +50,9 @@ def _option(*names: str, **kwargs: Any):
 @click.version_option(__version__, prog_name="raygate")
 def main() -> None:
     """raygate: a Jupyter kernel gateway for clusters."""
+
+
+main.add_command(kernelspec)
 
 
 @main.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
