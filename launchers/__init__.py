@@ -47,4 +47,18 @@ def launcher_kinds() -> dict[str, type[Launcher]]:
     except ModuleNotFoundError as exc:  # distributed not installed: no dask launcher
         if exc.name not in ("distributed", "raygate.launchers.dask"):
             raise
+    try:
+        from .kubernetes import KubernetesLauncher
+
+        kinds[KubernetesLauncher.kind] = KubernetesLauncher
+    except ModuleNotFoundError as exc:  # kubernetes not installed: no kubernetes launcher
+        if exc.name not in ("kubernetes", "yaml"):
+            raise
+    try:
+        from .yarn import YarnLauncher
+
+        kinds[YarnLauncher.kind] = YarnLauncher
+    except ModuleNotFoundError as exc:  # httpx not installed: no yarn launcher
+        if exc.name not in ("httpx", "raygate.launchers.yarn"):
+            raise
     return kinds

@@ -3,9 +3,11 @@
 Remote environments (an SSH host, a Dask worker, later a pod or a YARN container) run
 this program to start one kernel where they are. It
 
-1. reads its settings, a JSON object, from stdin or from ``--config-file`` (the file is
-   removed once read); the per-kernel secret is in it (``secret``, base64) or in the
-   ``RAYGATE_KERNEL_SECRET`` variable, never on the command line;
+1. reads its settings, a JSON object, from ``--config-file`` (the file is removed once
+   read), else from the ``RAYGATE_BOOTSTRAP_SETTINGS`` variable (pods, YARN containers:
+   removed from the environment once read), else from stdin; the per-kernel secret is in
+   it (``secret``, base64) or in the ``RAYGATE_KERNEL_SECRET`` variable, never on the
+   command line;
 2. starts the kernel as a supervised child (signals unblocked, its own session, killed
    if the bootstrap dies: :mod:`raygate.launchers.process`);
 3. opens a small control endpoint for interrupt, restart, shutdown and liveness;
@@ -25,7 +27,8 @@ Settings: ``kernel_id``, ``secret``, ``argv`` (kernelspec argv with
 ``{connection_file}``), ``env`` (added to the inherited environment), ``cwd``,
 ``report`` (``{"host", "port"}``), ``ip`` (address the kernel and control endpoint bind;
 default: the address an SSH client reached, else all interfaces), ``advertise`` (address
-the gateway should use), ``control_port`` (default: any free port), ``linger`` (default
+the gateway should use; default: the ``RAYGATE_ADVERTISE_ADDRESS`` variable, e.g. a pod's
+IP from the downward API, else this host's address), ``control_port`` (default: any free port), ``linger`` (default
 60 s), ``placement`` (echoed back in the report).
 """
 
@@ -68,6 +71,8 @@ from .report import (
 log = logging.getLogger("raygate.bootstrap")
 
 SECRET_ENV = "RAYGATE_KERNEL_SECRET"
+SETTINGS_ENV = "RAYGATE_BOOTSTRAP_SETTINGS"
+ADVERTISE_ENV = "RAYGATE_ADVERTISE_ADDRESS"
 REPORT_TIMEOUT = 30.0
 
 
@@ -76,9 +81,11 @@ class BootstrapError(Exception):
 
 
 def load_config(config_file: str | None, keep: bool = False) -> dict[str, Any]:
-    """The settings, from a file (removed unless ``keep``) or stdin."""
+    """The settings, from a file (removed unless ``keep``), the settings variable or stdin."""
     try:
-        if config_file:
+        if not config_file and os.environ.get(SETTINGS_ENV):
+            text = os.environ.pop(SETTINGS_ENV)
+        elif config_file:
             with open(config_file) as f:
                 text = f.read()
             if not keep:
@@ -114,7 +121,7 @@ def _ssh_addresses() -> tuple[str, str]:
 
 def bind_and_advertise(config: dict[str, Any]) -> tuple[str, str]:
     bind = config.get("ip") or _ssh_addresses()[1] or "0.0.0.0"
-    advertise = config.get("advertise") or ""
+    advertise = config.get("advertise") or os.environ.get(ADVERTISE_ENV, "")
     if not advertise:
         advertise = bind
         if bind in ("0.0.0.0", "::"):

@@ -302,6 +302,9 @@ class RemoteLauncher(Launcher):
     """Base of launchers whose kernels are started by :mod:`.bootstrap` somewhere else."""
 
     kind = "remote"
+    kernel_class: type[RemoteKernel] = RemoteKernel
+    """The handle class of this launcher's kernels (a subclass may add how to release what
+    the environment holds for a kernel, e.g. its pod)."""
     kernels_outlive_gateway = True
     """A stopping gateway leaves these kernels to their bootstraps; the next one finds
     them from the state directory."""
@@ -319,6 +322,17 @@ class RemoteLauncher(Launcher):
         self._unreachable: dict[str, float] = {}
         """Kernel ids whose bootstrap did not answer, and when to try them again."""
         self._started = False
+
+    @staticmethod
+    def remote_options(config: Any) -> dict[str, Any]:
+        """The constructor arguments every remote launcher takes from the gateway's config."""
+        return {
+            "listener": ReportListener.shared(
+                getattr(config, "report_ip", "0.0.0.0"), getattr(config, "report_port", 0)
+            ),
+            "state_dir": getattr(config, "state_dir", ""),
+            "report_address": getattr(config, "report_address", ""),
+        }
 
     async def listen(self) -> None:
         """Start the report listener; done on first need, so idle launchers bind nothing."""
@@ -388,7 +402,7 @@ class RemoteLauncher(Launcher):
                 "bootstrap_pid": report.get("bootstrap_pid"),
                 "hostname": report.get("hostname"),
             }
-            kernel = RemoteKernel(
+            kernel = self.kernel_class(
                 self,
                 request,
                 connection,
@@ -434,7 +448,7 @@ class RemoteLauncher(Launcher):
 
         async def probe(record: dict[str, Any]) -> None:
             try:
-                kernel = RemoteKernel.from_record(self, record)
+                kernel = self.kernel_class.from_record(self, record)
             except (KeyError, TypeError, ValueError, ChannelError) as exc:
                 log.warning("dropping a bad %s kernel record: %s", self.kind, exc)
                 self.state.remove(self.kind, str(record.get("kernel_id")))

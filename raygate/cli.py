@@ -103,7 +103,7 @@ main.add_command(kernelspec)
     "--default-launcher",
     default="ray",
     help="Where kernels run unless their kernelspec names a launcher "
-    "(ray, local, ssh, dask).",
+    "(ray, local, ssh, dask, kubernetes, yarn).",
 )
 @_option(
     "--cull-idle-timeout",
@@ -216,6 +216,69 @@ main.add_command(kernelspec)
     "--dask-scheduler",
     default="",
     help="Address of the Dask scheduler the dask launcher places kernels through.",
+)
+@_option(
+    "--k8s-namespace",
+    default="",
+    help="Namespace the kubernetes launcher starts kernel pods in (default: the kubeconfig "
+    "context's, or the gateway pod's own).",
+)
+@_option(
+    "--k8s-pod-template",
+    default="",
+    help="YAML Pod every kernel pod is made from (default: k8s/kernel-pod.yaml of raygate's "
+    "source tree). Checked when the gateway starts.",
+)
+@_option(
+    "--k8s-kernel-image",
+    default="",
+    help="Image of kernel pods unless KERNEL_IMAGE or the kernelspec names one (default: "
+    "the pod template's).",
+)
+@_option(
+    "--k8s-kernel-namespaces",
+    default="",
+    help="Comma-separated namespaces a start request's KERNEL_NAMESPACE may name besides "
+    "--k8s-namespace ('*': any).",
+)
+@_option(
+    "--k8s-kubeconfig",
+    default="",
+    help="kubeconfig file of the cluster (default: the pod's service account in a cluster, "
+    "else $KUBECONFIG or ~/.kube/config).",
+)
+@_option("--k8s-context", default="", help="kubeconfig context to use (default: its current).")
+@_option(
+    "--k8s-unschedulable-wait",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a kernel pod may stay Unschedulable (e.g. while a cluster autoscaler adds a "
+    "node) before its start fails with the scheduler's reason (0: fail at once).",
+)
+@_option(
+    "--k8s-scan-interval",
+    default=30.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between scans for kernel pods started by other gateways and for orphaned "
+    "pods to delete (also done at startup).",
+)
+@_option(
+    "--yarn-endpoint",
+    default="",
+    help="URL of the YARN ResourceManager's REST API (http://rm:8088) the yarn launcher "
+    "submits kernels to.",
+)
+@_option("--yarn-queue", default="default", help="YARN queue unless KERNEL_QUEUE names one.")
+@_option(
+    "--yarn-user",
+    default="",
+    help="User the ResourceManager's simple auth is given (user.name; default: the "
+    "gateway's own user).",
+)
+@_option(
+    "--yarn-python",
+    default="",
+    help="Python on the YARN nodes that has raygate installed (default: the gateway's).",
 )
 @_option(
     "--ray-address",

@@ -51,6 +51,23 @@ class GatewayConfig:
     ssh_host_selection: str = "round-robin"
     ssh_python: str = ""
     dask_scheduler: str = ""
+    # Kubernetes: kernels as pods (launchers/kubernetes.py).
+    k8s_namespace: str = ""
+    """Namespace of kernel pods (default: the kubeconfig context's, or the gateway pod's)."""
+    k8s_pod_template: str = ""
+    """Pod template file (default: k8s/kernel-pod.yaml of raygate's source tree)."""
+    k8s_kernel_image: str = ""
+    k8s_kernel_namespaces: str = ""
+    """Comma-separated namespaces KERNEL_NAMESPACE may name besides k8s_namespace ('*': any)."""
+    k8s_kubeconfig: str = ""
+    k8s_context: str = ""
+    k8s_unschedulable_wait: float = 0.0
+    k8s_scan_interval: float = 30.0
+    # YARN: kernels as application masters (launchers/yarn.py).
+    yarn_endpoint: str = ""
+    yarn_queue: str = "default"
+    yarn_user: str = ""
+    yarn_python: str = ""
     # Ray: where kernels run as actors, and what one kernel may ask for.
     ray_address: str = ""
     """An existing Ray cluster to join; empty: start a local Ray for this gateway."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from kgclient import Gateway
+from kgclient import Gateway, message
 
 TOKEN = "test-token"
 
@@ -161,3 +163,46 @@ def ray_cluster() -> Iterator[object]:
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+def remote_pids(model: dict) -> list[int]:
+    """The kernel's and its bootstrap's pids, from a remote kernel's placement."""
+    return [model["placement"]["pid"], model["placement"]["bootstrap_pid"]]
+
+
+async def run_code(gateway: Gateway, kernel_id: str, code: str) -> Any:
+    """Execute ``code`` on a connection of its own to the kernel."""
+    ws = await gateway.connect(kernel_id)
+    try:
+        return await ws.execute(code)
+    finally:
+        await ws.close()
+
+
+async def assert_interrupts(gateway: Gateway, kernel_id: str) -> None:
+    """An interrupt stops a running ``time.sleep`` with KeyboardInterrupt."""
+    ws = await gateway.connect(kernel_id)
+    try:
+        code = {"code": "import time; time.sleep(60)", "silent": False}
+        await ws.send(message("execute_request", code))
+        while (await ws.recv())["header"]["msg_type"] != "execute_input":
+            pass
+        await asyncio.sleep(0.3)
+        assert gateway.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
+        while True:
+            m = await ws.recv(timeout=20)
+            if m["header"]["msg_type"] == "execute_reply":
+                assert m["content"]["ename"] == "KeyboardInterrupt"
+                return
+    finally:
+        await ws.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a helper server process; kill it if it does not stop in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,401 @@
+"""The kubernetes launcher against a stand-in Kubernetes API server (tests/standins).
+
+No real API server can run here, so ``standins/kube_apiserver.py`` serves the pods and
+secrets API to the official ``kubernetes`` client over HTTP with a bearer token, and
+"runs" each scheduled pod's container command as a local process: the gateway really
+creates a pod through the client, the stand-in starts the bootstrap from the pod spec
+(secret from the kernel's Secret), the bootstrap reports, and the kernel executes code.
+The stand-in's node has 4 CPUs, 8Gi and one ``nvidia.com/gpu``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import (
+    ServerProcess,
+    assert_interrupts,
+    free_port,
+    remote_pids,
+    run_code,
+    stop_process,
+    wait_gone,
+)
+from kernelspecs import ipykernel_argv, write_kernelspec
+from kgclient import Gateway
+
+kubernetes = pytest.importorskip("kubernetes")
+from kubernetes.client.rest import ApiException  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TOKEN = "standin-bearer-token"
+NAMESPACE = "kernels"
+UNPULLABLE = "registry.example/missing:1"
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The stand-in API server, a kubeconfig for it and a client of the tests' own."""
+    root = tmp_path_factory.mktemp("kube")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "standins", "kube_apiserver.py")]
+        + ["--port", str(port), "--token", TOKEN, "--namespaces", f"{NAMESPACE},team-a"]
+        + ["--gpus", "1", "--unpullable-image", UNPULLABLE],
+        stdout=open(root / "apiserver.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url + "/api/v1/pods", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the stand-in API server did not come up") from None
+            time.sleep(0.1)
+    kubeconfig = root / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "standin", "cluster": {"server": url}}],
+                "users": [{"name": "raygate", "user": {"token": TOKEN}}],
+                "contexts": [
+                    {
+                        "name": "standin",
+                        "context": {
+                            "cluster": "standin",
+                            "user": "raygate",
+                            "namespace": NAMESPACE,
+                        },
+                    }
+                ],
+                "current-context": "standin",
+            }
+        )
+    )
+    api = kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    )
+    yield {"url": url, "kubeconfig": str(kubeconfig), "api": api, "root": root}
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def k8s_files(kube: dict[str, Any]) -> dict[str, str]:
+    """The shipped pod template, made to run the bootstrap with this Python; kernelspecs."""
+    root = kube["root"]
+    with open(os.path.join(ROOT, "k8s", "kernel-pod.yaml")) as f:
+        template = yaml.safe_load(f)
+    container = template["spec"]["containers"][0]
+    container["command"] = [sys.executable, "-m", "raygate.launchers.bootstrap"]
+    container.pop("workingDir")
+    (root / "pod.yaml").write_text(yaml.safe_dump(template))
+    (root / "no-containers.yaml").write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers: []\n")
+    specs = str(root / "kernelspecs")
+    write_kernelspec(
+        specs, "k8s-python", ipykernel_argv(), metadata={"raygate": {"launcher": "kubernetes"}}
+    )
+    meta = {
+        "launcher": "kubernetes",
+        "kubernetes": {"pod_template": str(root / "no-containers.yaml")},
+    }
+    write_kernelspec(specs, "k8s-broken-template", ipykernel_argv(), metadata={"raygate": meta})
+    return {"template": str(root / "pod.yaml"), "specs": specs, "root": str(root)}
+
+
+def gateway_args(kube: dict[str, Any], files: dict[str, str]) -> list[str]:
+    return [
+        "--kernelspec-dirs",
+        files["specs"],
+        "--k8s-kubeconfig",
+        kube["kubeconfig"],
+        "--k8s-pod-template",
+        files["template"],
+        "--k8s-kernel-namespaces",
+        "team-a",
+        "--k8s-scan-interval",
+        "1",
+        "--report-ip",
+        "127.0.0.1",
+        "--report-address",
+        "127.0.0.1",
+        "--state-dir",
+        os.path.join(files["root"], "unused-state"),
+        "--default-launcher",
+        "local",
+    ]
+
+
+@pytest.fixture
+def k8s_gateway(
+    start_server: Callable[..., ServerProcess], kube: dict[str, Any], k8s_files: dict[str, str]
+) -> Iterator[ServerProcess]:
+    server = start_server(*gateway_args(kube, k8s_files))
+    yield server
+    if server.proc.poll() is None:
+        for k in server.client.get("/api/kernels").json():
+            server.client.shutdown_kernel(k["id"])
+
+
+def pod_of(kube: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    api = kube["api"]
+    placement = model["placement"]
+    pod = api.read_namespaced_pod(placement["pod"], placement["namespace"])
+    return api.api_client.sanitize_for_serialization(pod)
+
+
+def gone(kube: dict[str, Any], namespace: str, name: str, timeout: float = 15) -> bool:
+    """Whether the pod and the secret ``name`` are deleted within ``timeout``."""
+    api = kube["api"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = 0
+        for read in (api.read_namespaced_pod, api.read_namespaced_secret):
+            try:
+                read(name, namespace)
+                left += 1
+            except ApiException as exc:
+                assert exc.status == 404
+        if not left:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def kernel_pods(kube: dict[str, Any]) -> list[str]:
+    items = kube["api"].list_pod_for_all_namespaces(label_selector="raygate.io/kernel-id").items
+    return [p.metadata.name for p in items]
+
+
+def fails_fast(gw: Gateway, env: dict[str, str], status: int) -> str:
+    """Start a kernel that must fail with ``status`` well within its launch timeout (30 s);
+    return the message."""
+    started = time.monotonic()
+    env = {"KERNEL_LAUNCH_TIMEOUT": "30", **env}
+    r = gw.post("/api/kernels", json={"name": "k8s-python", "env": env})
+    assert r.status_code == status, r.text
+    assert time.monotonic() - started < 5
+    return r.json()["message"]
+
+
+async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
+    k8s_gateway: ServerProcess, kube: dict[str, Any], tmp_path: Any
+) -> None:
+    gw = k8s_gateway.client
+    env = {
+        "KERNEL_CPUS": "0.5",
+        "KERNEL_MEMORY": "256Mi",
+        "KERNEL_MEMORY_LIMIT": "1Gi",
+        "KERNEL_GPUS": "1",
+        "KERNEL_UID": "1234",
+        "KERNEL_GID": "100",
+        "KERNEL_SERVICE_ACCOUNT_NAME": "kernels",
+        "KERNEL_WORKING_DIR": str(tmp_path),
+        "KERNEL_VOLUMES": json.dumps([{"name": "data", "emptyDir": {}}]),
+        "KERNEL_VOLUME_MOUNTS": json.dumps([{"name": "data", "mountPath": "/data"}]),
+        "KERNEL_USERNAME": "alice",
+    }
+    model = gw.start_kernel("k8s-python", env=env)
+    kernel_id = model["id"]
+    placement = model["placement"]
+    assert model["launcher"] == "kubernetes"
+    assert placement["namespace"] == NAMESPACE
+    assert placement["pod"] == f"raygate-kernel-{kernel_id}"
+    assert placement["node"] == "standin-node"
+
+    # what the stand-in API server was asked to run
+    pod = pod_of(kube, model)
+    labels = pod["metadata"]["labels"]
+    assert labels["raygate.io/kernel-id"] == kernel_id
+    assert labels["app.kubernetes.io/managed-by"] == "raygate"
+    assert labels["raygate.io/username"] == "alice"
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "kernels"
+    assert spec["securityContext"]["runAsUser"] == 1234
+    assert spec["securityContext"]["runAsGroup"] == 100
+    assert {"name": "data", "emptyDir": {}} in spec["volumes"]
+    container = spec["containers"][0]
+    assert container["resources"]["requests"] == {
+        "cpu": "500m",
+        "memory": str(256 * 2**20),
+        "nvidia.com/gpu": "1",
+    }
+    assert container["resources"]["limits"] == {"memory": str(2**30), "nvidia.com/gpu": "1"}
+    assert container["workingDir"] == str(tmp_path)
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    env_vars = {v["name"]: v for v in container["env"]}
+    settings = json.loads(env_vars["RAYGATE_BOOTSTRAP_SETTINGS"]["value"])
+    assert "secret" not in settings and settings["kernel_id"] == kernel_id
+    assert env_vars["RAYGATE_KERNEL_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": placement["pod"],
+        "key": "secret",
+    }
+    # the kernel's secret lives in its own Secret, owned by the pod, never in the spec
+    secret = kube["api"].read_namespaced_secret(placement["pod"], NAMESPACE)
+    secret_text = base64.b64decode(secret.data["secret"]).decode()
+    assert secret_text not in json.dumps(pod)
+    assert secret.metadata.owner_references[0].uid == pod["metadata"]["uid"]
+    assert "record" in secret.data
+
+    out = await run_code(
+        gw,
+        kernel_id,
+        "import os; print(os.getcwd(), os.environ['KERNEL_GPUS'], 'RAYGATE_KERNEL_SECRET' in os.environ)",
+    )
+    assert out.stdout == f"{tmp_path} 1 False\n"
+
+    # the one GPU is held: a second GPU kernel cannot be scheduled now (503), one asking for
+    # more than the node has never can (400); both fail at once with the scheduler's words
+    for gpus, status, words in (("1", 503, "No preemption victims"), ("2", 400, "not helpful")):
+        text = fails_fast(gw, {"KERNEL_GPUS": gpus}, status)
+        assert "Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in text
+        assert words in text and f"{gpus} GPU" in text
+    assert kernel_pods(kube) == [placement["pod"]]  # the failed ones were deleted
+
+    assert (await run_code(gw, kernel_id, "x = 1")).status == "ok"
+    await assert_interrupts(gw, kernel_id)
+
+    r = gw.post(f"/api/kernels/{kernel_id}/restart")
+    assert r.status_code == 200, r.text
+    assert wait_gone([placement["pid"]]) == []
+    out = await run_code(gw, kernel_id, "x")
+    assert out.error and out.error["ename"] == "NameError"  # a fresh kernel, same pod
+    model = gw.get(f"/api/kernels/{kernel_id}").json()
+    assert model["placement"]["pod"] == placement["pod"]
+
+    assert gw.delete(f"/api/kernels/{kernel_id}").status_code == 204
+    assert gone(kube, NAMESPACE, placement["pod"])
+    assert wait_gone(remote_pids(model)) == []
+
+
+async def test_image_pull_errors_fail_fast_with_the_kubelets_reason(
+    k8s_gateway: ServerProcess, kube: dict[str, Any]
+) -> None:
+    gw = k8s_gateway.client
+    for image, reason in ((UNPULLABLE, "ErrImagePull"), ("Not An Image", "InvalidImageName")):
+        text = fails_fast(gw, {"KERNEL_IMAGE": image}, 500)
+        assert reason in text and image in text, text
+    assert kernel_pods(kube) == []
+
+
+def test_bad_pod_templates_are_refused_before_anything_is_created(
+    k8s_gateway: ServerProcess, kube: dict[str, Any], k8s_files: dict[str, str]
+) -> None:
+    root = k8s_files["root"]
+    bad = {
+        "invalid.yaml": ("kind: Pod\nspec: [unclosed\n", "not valid YAML"),
+        "service.yaml": (
+            "apiVersion: v1\nkind: Service\nspec: {}\n",
+            "must be a v1 Pod, not v1/Service",
+        ),
+    }
+    for name, (text, words) in bad.items():
+        path = os.path.join(root, name)
+        with open(path, "w") as f:
+            f.write(text)
+        args = gateway_args(kube, k8s_files)
+        args[args.index("--k8s-pod-template") + 1] = path
+        result = subprocess.run(
+            [sys.executable, "-m", "raygate", "serve", "--port", str(free_port()), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"pod template {path}: {words}" in result.stderr
+
+    # a kernelspec's own template is checked when a kernel of it starts
+    r = k8s_gateway.client.post("/api/kernels", json={"name": "k8s-broken-template"})
+    assert r.status_code == 500, r.text
+    assert "spec.containers must list the kernel container" in r.json()["message"]
+    r = k8s_gateway.client.post(
+        "/api/kernels", json={"name": "k8s-python", "env": {"KERNEL_NAMESPACE": "elsewhere"}}
+    )
+    assert r.status_code == 400 and "KERNEL_NAMESPACE=elsewhere is not allowed" in r.text
+    assert kernel_pods(kube) == []
+
+
+async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
+    k8s_gateway: ServerProcess,
+    start_server: Callable[..., ServerProcess],
+    kube: dict[str, Any],
+    k8s_files: dict[str, str],
+) -> None:
+    first = k8s_gateway.client
+    model = first.start_kernel("k8s-python", env={"KERNEL_NAMESPACE": "team-a"})
+    kernel_id = model["id"]
+    assert model["placement"]["namespace"] == "team-a"
+    assert (await run_code(first, kernel_id, "y = 'kept'")).status == "ok"
+
+    k8s_gateway.stop(signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    assert all(os.path.exists(f"/proc/{pid}") for pid in remote_pids(model))
+
+    # orphans, made straight through the API: a kernel pod that has ended, and one whose
+    # record names a bootstrap that no longer answers
+    api = kube["api"]
+    labels = {"app.kubernetes.io/managed-by": "raygate"}
+    orphan_ids = ["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]
+    for orphan_id, argv in zip(orphan_ids, (["true"], ["sleep", "600"])):
+        name = f"raygate-kernel-{orphan_id}"
+        api.create_namespaced_pod(
+            NAMESPACE,
+            {
+                "metadata": {"name": name, "labels": {**labels, "raygate.io/kernel-id": orphan_id}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "kernel", "image": "x", "command": argv}],
+                },
+            },
+        )
+        record = {
+            "kernel_id": orphan_id,
+            "secret": base64.b64encode(os.urandom(32)).decode(),
+            "control": {"host": "127.0.0.1", "port": free_port()},
+            "connection": {
+                **{f"{c}_port": 1 for c in ("shell", "iopub", "stdin", "control", "hb")},
+                "ip": "127.0.0.1",
+                "key": "",
+            },
+            "request": {
+                "kernel_id": orphan_id,
+                "spec": {"name": "k8s-python", "argv": []},
+                "env": {},
+                "launch_timeout": 30,
+            },
+        }
+        data = {"record": base64.b64encode(json.dumps(record).encode()).decode()}
+        api.create_namespaced_secret(
+            NAMESPACE, {"metadata": {"name": name, "labels": labels}, "data": data}
+        )
+    await asyncio.sleep(0.5)  # the first has ended by now
+
+    second = start_server(*gateway_args(kube, k8s_files))
+    assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kernel_id]
+    out = await run_code(second.client, kernel_id, "print(y)")
+    assert out.stdout == "kept\n"
+    for orphan_id in orphan_ids:
+        assert gone(kube, NAMESPACE, f"raygate-kernel-{orphan_id}", timeout=5)
+    assert "deleting orphaned kernel pod kernels/raygate-kernel-" in second.output()
+
+    assert second.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
+    assert gone(kube, "team-a", model["placement"]["pod"])
+    assert wait_gone(remote_pids(model)) == []
