@@ -27,6 +27,7 @@ from .messages import Message, MessageError, Signer, from_zmq, new_message, to_z
 log = logging.getLogger("raygate.bridge")
 
 _ROUTED_CHANNELS = ("shell", "control", "stdin")
+_CHANNELS = (*_ROUTED_CHANNELS, "iopub")
 _MAX_PENDING = 10_000
 _READ_BATCH = 32
 
@@ -52,6 +53,12 @@ class KernelChannels:
         self.clients: dict[str, Connection] = {}
         self.messages_in = 0
         self.messages_out = 0
+        # Per channel, for /metrics (read when scraped; plain ints keep the hot path cheap).
+        self.channel_messages_in = dict.fromkeys(_CHANNELS, 0)
+        self.channel_messages_out = dict.fromkeys(_CHANNELS, 0)
+        self.bytes_in = dict.fromkeys(_CHANNELS, 0)
+        self.bytes_out = dict.fromkeys(_CHANNELS, 0)
+        self.clients_opened = 0
         self._connection = connection
         self._signer = Signer(connection.key, connection.signature_scheme)
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
@@ -151,6 +158,8 @@ class KernelChannels:
             except MessageError as exc:
                 log.warning("kernel %s: dropped bad %s message: %s", self.kernel_id, channel, exc)
                 continue
+            self.channel_messages_out[channel] += 1
+            self.bytes_out[channel] += sum(map(len, frames))
             try:
                 await self._deliver(message)
             except Exception:
@@ -221,6 +230,7 @@ class KernelChannels:
 
     def attach(self, client: Connection) -> None:
         self.clients[client.id] = client
+        self.clients_opened += 1
         client.on_closed = self.detach
         client.start()
 
@@ -242,8 +252,11 @@ class KernelChannels:
                     self._requester.popitem(last=False)
         self.messages_in += 1
         self.last_activity = datetime.now(timezone.utc)
+        frames = to_zmq(message, self._signer)
+        self.channel_messages_in[message.channel] += 1
+        self.bytes_in[message.channel] += sum(map(len, frames))
         async with self._send_locks[message.channel]:
-            await sock.send_multipart(to_zmq(message, self._signer), copy=False)
+            await sock.send_multipart(frames, copy=False)
 
     async def request(
         self, channel: str, msg_type: str, content: dict[str, Any], timeout: float
