@@ -284,5 +284,5 @@ class DaskLauncher(RemoteLauncher):
             f"gave up after waiting {waited:g}s for capacity: the kernel asks for "
             f"{describe_resources(resources)} and no worker of the Dask cluster at {address} "
             f"has that free (workers: {self._describe_workers(workers)})",
-            status=504,
+            status=503,
         )

@@ -7,8 +7,6 @@ Precedence: command line, then environment, then config file, then the default.
 
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import fields
 from typing import Any
 
@@ -19,6 +17,7 @@ from raygate import __version__
 
 from .config import GatewayConfig
 from .kernelspec_cli import kernelspec
+from .logs import configure_logging
 from .resources import parse_memory
 
 ENV_PREFIX = "RAYGATE"
@@ -138,6 +137,13 @@ main.add_command(kernelspec)
     default=64 * 1024 * 1024,
     type=click.IntRange(min=1024),
     help="Output queued per WebSocket client before the kernel's output waits for it.",
+)
+@_option(
+    "--replay-buffer-bytes",
+    default=32 * 1024 * 1024,
+    type=click.IntRange(min=0),
+    help="Output kept for a session whose WebSocket dropped, replayed when it reconnects "
+    "(0: keep none).",
 )
 @_option(
     "--ws-compression/--no-ws-compression",
@@ -344,6 +350,17 @@ main.add_command(kernelspec)
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Log verbosity.",
 )
+@_option(
+    "--log-format",
+    default="text",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="Log lines as text or as JSON objects (time, level, logger, message, kernel_id).",
+)
+@_option(
+    "--metrics-public/--no-metrics-public",
+    default=False,
+    help="Serve /metrics (Prometheus) without the auth token.",
+)
 def serve(**options: Any) -> None:
     """Serve the Kernel Gateway API and run kernels."""
     import uvicorn
@@ -362,11 +379,7 @@ def serve(**options: Any) -> None:
             raise click.BadParameter(str(exc), param_hint="--max-kernel-memory") from None
     known = {f.name for f in fields(GatewayConfig)}
     config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format.lower())
     try:
         app = create_app(config)
     except ValueError as exc:
@@ -376,6 +389,7 @@ def serve(**options: Any) -> None:
         host=config.ip,
         port=config.port,
         log_level=config.log_level.lower(),
+        log_config=None,  # uvicorn's records go through raygate's handler (configure_logging)
         ws_ping_interval=config.ws_ping_interval or None,
         ws_per_message_deflate=config.ws_compression,
         ws_max_size=config.ws_max_message_bytes,

@@ -24,12 +24,18 @@ class GatewayConfig:
     cull_connected: bool = False
     cull_busy: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line); either way records carry the kernel id."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without the token (for a Prometheus that cannot send one)."""
     allowed_envs: list[str] = field(default_factory=list)
     """Variables other than ``KERNEL_*`` that a start request may pass to its kernel."""
     kernelspec_dirs: list[str] = field(default_factory=list)
     ws_buffer_bytes: int = 64 * 1024 * 1024
     ws_ping_interval: float = 30.0
     ws_compression: bool = False
+    replay_buffer_bytes: int = 32 * 1024 * 1024
+    """Output kept per disconnected session, replayed when it reconnects (0: none)."""
     ws_max_message_bytes: int = 256 * 1024 * 1024
     monitor_interval: float = 1.0
     restart_limit: int = 5

@@ -8,6 +8,7 @@ nothing of where kernels run; that is the launchers' business.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -26,9 +27,43 @@ from .config import GatewayConfig
 from .env import parse_timeout, validate_env
 from .errors import APIError
 from .kernelspecs import KernelSpecs, NoSuchKernel
+from .logs import kernel_id_var, kernel_scoped
 from .resources import InvalidResourceRequest, ResourceCaps, resource_request
 
 log = logging.getLogger("raygate.registry")
+
+LAUNCH_GRACE = 5.0
+"""Seconds past the launch timeout before the registry cuts a launcher off, so that the
+launcher's own timeout, with its better message (what it waited for), comes first."""
+LOOKUP_DISCOVERY_INTERVAL = 0.5
+
+
+class RegistryObserver:
+    """Hooks for what happens once per kernel (the gateway's metrics implement them)."""
+
+    def kernel_started(self, kernel: Kernel, seconds: float) -> None:
+        """A start request's kernel answers, ``seconds`` after the launch began."""
+
+    def start_failed(self, status: int) -> None:
+        """A start request failed with this HTTP status."""
+
+    def kernel_removed(self, kernel: Kernel) -> None:
+        """The kernel left the registry (shut down, culled or dead)."""
+
+
+def _observe_failures(start: Any) -> Any:
+    @functools.wraps(start)
+    async def observed(self: KernelRegistry, *args: Any, **kwargs: Any) -> Kernel:
+        try:
+            return await start(self, *args, **kwargs)
+        except APIError as exc:
+            self.observer.start_failed(exc.status)
+            raise
+        except Exception:
+            self.observer.start_failed(500)
+            raise
+
+    return observed
 
 
 def iso(ts: datetime) -> str:
@@ -81,12 +116,14 @@ class KernelRegistry:
         self.kernels: dict[str, Kernel] = {}
         self.zmq_context = zmq.asyncio.Context()
         self._starting = 0
+        self._last_miss_discovery = 0.0
         self._monitor: asyncio.Task | None = None
         self._launching: set[str] = set()
         """Ids of kernels this gateway is starting (not to be "discovered" meanwhile)."""
         self._gone: dict[str, None] = {}
         """Ids of kernels this gateway shut down, newest last (not to be adopted again)."""
         self._probes: set[asyncio.Task] = set()
+        self.observer = RegistryObserver()
 
     # -- lifecycle of the registry ---------------------------------------------
 
@@ -118,6 +155,7 @@ class KernelRegistry:
             await launcher.close()
         self.zmq_context.term()
 
+    @kernel_scoped
     async def _adopt(self, launcher: Launcher, handle: KernelHandle) -> None:
         channels = self._channels_for(handle)
         kernel = Kernel(
@@ -166,6 +204,7 @@ class KernelRegistry:
             handle.connection,
             self.zmq_context,
             max_buffer_bytes=self.config.ws_buffer_bytes,
+            replay_bytes=self.config.replay_buffer_bytes,
         )
         channels.open()
         return channels
@@ -176,13 +215,27 @@ class KernelRegistry:
         kernel = self.kernels.get(kernel_id)
         if kernel is None:
             raise APIError(404, f"Kernel does not exist: {kernel_id}")
+        kernel_id_var.set(kernel_id)  # what the caller logs next is about this kernel
         return kernel
+
+    async def lookup(self, kernel_id: str) -> Kernel:
+        """Like :meth:`get`, but a miss asks the launchers first: another replica may have
+        just started the kernel. Misses look at most every ``LOOKUP_DISCOVERY_INTERVAL``."""
+        if kernel_id not in self.kernels and any(
+            launcher.kernels_outlive_gateway for launcher in self.launchers.values()
+        ):
+            now = time.monotonic()
+            if now - self._last_miss_discovery >= LOOKUP_DISCOVERY_INTERVAL:
+                self._last_miss_discovery = now
+                await self.discover()
+        return self.get(kernel_id)
 
     def list(self) -> list[Kernel]:
         return list(self.kernels.values())
 
     # -- starting -----------------------------------------------------------------
 
+    @_observe_failures
     async def start(self, name: str | None, env: Any) -> Kernel:
         name = name or self.config.default_kernel_name
         if not isinstance(name, str):
@@ -225,6 +278,7 @@ class KernelRegistry:
             raise APIError(400, f"Kernel {name}: bad resource request: {exc}") from None
         self._starting += 1
         kernel_id = str(uuid.uuid4())
+        kernel_id_var.set(kernel_id)
         self._launching.add(kernel_id)
         try:
             request = LaunchRequest(
@@ -247,7 +301,9 @@ class KernelRegistry:
         started = time.monotonic()
         name = request.spec.name
         try:
-            handle = await asyncio.wait_for(launcher.launch(request), request.launch_timeout)
+            handle = await asyncio.wait_for(
+                launcher.launch(request), request.launch_timeout + LAUNCH_GRACE
+            )
         except KernelStartError as exc:
             raise APIError(exc.status, f"Kernel {name} failed to start: {exc}") from None
         except asyncio.TimeoutError:
@@ -278,10 +334,12 @@ class KernelRegistry:
         )
         if handle.created is not None:  # as the launcher recorded it, for later gateways
             kernel.created = handle.created
+        self.observer.kernel_started(kernel, time.monotonic() - started)
         return kernel
 
     # -- control ------------------------------------------------------------------
 
+    @kernel_scoped
     async def interrupt(self, kernel_id: str) -> None:
         kernel = self.get(kernel_id)
         if kernel.interrupt_mode == "message":
@@ -290,6 +348,7 @@ class KernelRegistry:
         else:
             await kernel.handle.signal(signal.SIGINT)
 
+    @kernel_scoped
     async def restart(self, kernel_id: str, reason: str = "") -> Kernel:
         kernel = self.get(kernel_id)
         async with kernel.lock:
@@ -319,10 +378,12 @@ class KernelRegistry:
             raise APIError(500, f"Kernel {kernel.id} failed to restart: {exc}\n{detail}") from None
         log.info("kernel %s: restarted", kernel.id)
 
+    @kernel_scoped
     async def shutdown(self, kernel_id: str) -> None:
         kernel = self.kernels.pop(kernel_id, None)
         if kernel is None:
             raise APIError(404, f"Kernel does not exist: {kernel_id}")
+        self.observer.kernel_removed(kernel)
         self._gone[kernel_id] = None
         while len(self._gone) > 10_000:
             del self._gone[next(iter(self._gone))]
@@ -369,6 +430,7 @@ class KernelRegistry:
                 if not alive.get(kernel.id, True) and not kernel.busy_with:
                     await self._on_died(kernel)
 
+    @kernel_scoped
     async def _on_died(self, kernel: Kernel) -> None:
         reason = await kernel.handle.failure_reason() or "the kernel process exited"
         log.warning("kernel %s died: %s", kernel.id, reason)

@@ -57,7 +57,7 @@ class SessionStore:
             raise APIError(400, "'kernel' must be an object with 'name' or 'id'")
         kernel_id = spec.get("id")
         if kernel_id:
-            return self.registry.get(str(kernel_id)).id
+            return (await self.registry.lookup(str(kernel_id))).id
         kernel = await self.registry.start(spec.get("name"), spec.get("env"))
         return kernel.id
 

@@ -23,6 +23,7 @@ from raygate.launchers.base import ConnectionInfo
 
 from .connection import Connection
 from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq, zmq_parts
+from .replay import SessionReplay
 
 log = logging.getLogger("raygate.bridge")
 
@@ -43,8 +44,10 @@ class KernelChannels:
         connection: ConnectionInfo,
         context: zmq.asyncio.Context,
         max_buffer_bytes: int = 64 * 1024 * 1024,
+        replay_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.kernel_id = kernel_id
+        self.replay = SessionReplay(replay_bytes)
         self.context = context
         self.max_buffer_bytes = max_buffer_bytes
         self.session = uuid.uuid4().hex
@@ -184,8 +187,8 @@ class KernelChannels:
             return
         target = self._route(message, parent_id)
         if target is not None:
-            await target.put(target.frame(message, {}))
-        else:
+            await target.put(target.frame(message, {}), message)
+        elif not self.replay.keep_reply(message):
             log.debug(
                 "kernel %s: no client for %s reply to %s",
                 self.kernel_id,
@@ -211,7 +214,9 @@ class KernelChannels:
     async def _broadcast(self, message: Message) -> None:
         cache: dict[bool, str | bytes] = {}
         for client in list(self.clients.values()):
-            await client.put(client.frame(message, cache))
+            await client.put(client.frame(message, cache), message)
+        if self.replay.parked:
+            self.replay.keep_broadcast(message)
 
     def broadcast_status(self, state: str, reason: str = "") -> None:
         """Tell every client the kernel is ``restarting`` or ``dead`` (raygate's own notice)."""
@@ -222,20 +227,32 @@ class KernelChannels:
         message = new_message("iopub", "status", content, self.session)
         cache: dict[bool, str | bytes] = {}
         for client in list(self.clients.values()):
-            task = asyncio.ensure_future(client.put(client.frame(message, cache)))
+            task = asyncio.ensure_future(client.put(client.frame(message, cache), message))
             self._notices.add(task)
             task.add_done_callback(self._notices.discard)
+        if self.replay.parked:
+            self.replay.keep_broadcast(message)
 
     # -- clients -> kernel ----------------------------------------------------
 
     def attach(self, client: Connection) -> None:
+        """Serve a new client; output kept for its session while it was away comes first."""
+        if client.session_id:
+            for message in self.replay.resume(client.session_id, self.session):
+                client.push_now(client.frame(message, {}), message)
         self.clients[client.id] = client
         self.clients_opened += 1
         client.on_closed = self.detach
         client.start()
 
     def detach(self, client: Connection) -> None:
-        self.clients.pop(client.id, None)
+        """Stop serving a client; if it was its session's last, keep that session's output."""
+        if self.clients.pop(client.id, None) is None:
+            return
+        unsent = client.halt()
+        session = client.session_id
+        if session and not any(c.session_id == session for c in self.clients.values()):
+            self.replay.park(session, unsent)
 
     async def send(self, message: Message, client: Connection | None = None) -> None:
         """Sign and send a message to the kernel, remembering who asked."""

@@ -40,7 +40,8 @@ class Connection:
         self.client_sessions: set[str] = {session_id} if session_id else set()
         """The ``?session_id=`` and the ``header.session`` values seen from this client:
         a reply whose requester is gone goes to a client of the same session (a reconnect)."""
-        self._frames: deque[tuple[str | bytes, int]] = deque()
+        self._frames: deque[tuple[str | bytes, int, Message | None]] = deque()
+        self._in_flight: Message | None = None
         self._buffered = 0
         self._has_frames = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -60,7 +61,16 @@ class Connection:
             cache[self.binary_protocol] = frame
         return frame
 
-    async def put(self, frame: str | bytes) -> None:
+    def push_now(self, frame: str | bytes, message: Message | None = None) -> None:
+        """Queue a frame without waiting for room (output replayed on a reconnect)."""
+        size = len(frame)
+        self._frames.append((frame, size, message))
+        self._buffered += size
+        if self._buffered >= self.max_buffer_bytes:
+            self._has_room.clear()
+        self._has_frames.set()
+
+    async def put(self, frame: str | bytes, message: Message | None = None) -> None:
         """Queue a frame; waits while the buffer is full."""
         if self.closed:
             return
@@ -76,23 +86,21 @@ class Connection:
                 )
                 await self.close(1013, "client too slow")
                 return
-        size = len(frame)
-        self._frames.append((frame, size))
-        self._buffered += size
-        if self._buffered >= self.max_buffer_bytes:
-            self._has_room.clear()
-        self._has_frames.set()
+            if self.closed:
+                return
+        self.push_now(frame, message)
 
     async def _send_loop(self) -> None:
         try:
             while True:
                 await self._has_frames.wait()
                 while self._frames:
-                    frame, size = self._frames.popleft()
+                    frame, size, self._in_flight = self._frames.popleft()
                     if isinstance(frame, str):
                         await self.websocket.send({"type": "websocket.send", "text": frame})
                     else:
                         await self.websocket.send({"type": "websocket.send", "bytes": frame})
+                    self._in_flight = None
                     self._buffered -= size
                     if self._buffered < self.max_buffer_bytes:
                         self._has_room.set()
@@ -127,6 +135,23 @@ class Connection:
             pass
         if self.on_closed:
             self.on_closed(self)
+
+    def halt(self) -> list[Message]:
+        """Stop sending at once; returns the messages never written to the socket.
+
+        A send cancelled here was still waiting for the socket to take it, so the frame in
+        flight counts as unsent too.
+        """
+        self.closed = True
+        self._has_room.set()
+        if self._sender is not None:
+            self._sender.cancel()
+        unsent = [self._in_flight] if self._in_flight is not None else []
+        unsent += [message for _, _, message in self._frames if message is not None]
+        self._in_flight = None
+        self._frames.clear()
+        self._buffered = 0
+        return unsent
 
     async def stop(self) -> None:
         """Stop the sender after the client disconnected."""

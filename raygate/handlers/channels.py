@@ -23,7 +23,7 @@ log = logging.getLogger("raygate.bridge")
 
 async def kernel_channels(websocket: WebSocket) -> None:
     try:
-        kernel = find_kernel(websocket)
+        kernel = await find_kernel(websocket)
     except APIError as exc:
         await websocket.send_denial_response(error_response(exc.status, exc.message))
         return

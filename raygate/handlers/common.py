@@ -28,14 +28,14 @@ def url(conn: HTTPConnection, path: str) -> str:
     return config(conn).base_url + path.lstrip("/")
 
 
-def find_kernel(conn: HTTPConnection) -> Kernel:
+async def find_kernel(conn: HTTPConnection) -> Kernel:
     """The kernel named in the path; 404 for unknown and malformed ids alike."""
     kernel_id = conn.path_params["kernel_id"]
     try:
         uuid.UUID(kernel_id)
     except ValueError:
         raise APIError(404, f"Kernel does not exist: {kernel_id}") from None
-    return registry(conn).get(kernel_id)
+    return await registry(conn).lookup(kernel_id)
 
 
 async def json_body(request: Request, required: bool = False) -> dict[str, Any]:

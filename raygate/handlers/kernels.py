@@ -23,22 +23,22 @@ async def start_kernel(request: Request) -> JSONResponse:
 
 
 async def get_kernel(request: Request) -> JSONResponse:
-    return JSONResponse(find_kernel(request).model())
+    return JSONResponse((await find_kernel(request)).model())
 
 
 async def delete_kernel(request: Request) -> Response:
-    kernel = find_kernel(request)
+    kernel = await find_kernel(request)
     await registry(request).shutdown(kernel.id)
     return Response(status_code=204)
 
 
 async def interrupt_kernel(request: Request) -> Response:
-    kernel = find_kernel(request)
+    kernel = await find_kernel(request)
     await registry(request).interrupt(kernel.id)
     return Response(status_code=204)
 
 
 async def restart_kernel(request: Request) -> JSONResponse:
-    kernel = find_kernel(request)
+    kernel = await find_kernel(request)
     kernel = await registry(request).restart(kernel.id)
     return JSONResponse(kernel.model())
