@@ -180,6 +180,13 @@ class Launcher(abc.ABC):
         """Kernels of this launcher that outlived a previous gateway, to serve again."""
         return []
 
+    async def capacity(self) -> dict[str, Any] | None:
+        """What the environment holds, for the status page, or ``None`` where the launcher
+        cannot tell (the default) or is not connected: ``{"nodes": [{"node_id", "host",
+        "ip", "cpus": {"total", "available"}, "gpus": {...}, "memory": {...}}]}``, memory
+        in bytes."""
+        return None
+
     async def find_new(self, known: Collection[str]) -> list[KernelHandle]:
         """Kernels started since (e.g. by another gateway replica) whose ids are not in
         ``known``; the registry asks periodically. Launchers whose kernels only this

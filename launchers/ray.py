@@ -608,6 +608,31 @@ class RayLauncher(Launcher):
         live, exited = await asyncio.to_thread(lambda: (self._live_names(), self._exited()))
         return {h.kernel_id: h.kernel_id in live and h.kernel_id not in exited for h in handles}
 
+    async def capacity(self) -> dict[str, Any] | None:
+        """Each live node's CPUs, GPUs and memory, in all and free now (the status page)."""
+        if not self.connected:
+            return None
+        import ray
+
+        def read() -> dict[str, Any]:
+            free = ray._private.state.state.available_resources_per_node()
+            nodes = []
+            for node in ray.nodes():
+                if not node.get("Alive"):
+                    continue
+                total, avail = node.get("Resources") or {}, free.get(node["NodeID"]) or {}
+                entry = {
+                    "node_id": node["NodeID"],
+                    "host": node.get("NodeManagerHostname", ""),
+                    "ip": node.get("NodeManagerAddress", ""),
+                }
+                for key, name in (("cpus", "CPU"), ("gpus", "GPU"), ("memory", "memory")):
+                    entry[key] = {"total": total.get(name, 0.0), "available": avail.get(name, 0.0)}
+                nodes.append(entry)
+            return {"nodes": nodes}
+
+        return await asyncio.to_thread(read)
+
     # -- finding kernels again ------------------------------------------------------------
 
     async def find_running(self) -> list[KernelHandle]:

@@ -17,8 +17,10 @@ from raygate.launchers import Launcher, launcher_kinds
 from .auth import TokenAuthMiddleware
 from .config import GatewayConfig
 from .errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
-from .handlers import api, channels, health, kernels, kernelspecs, sessions
+from .handlers import api, channels, health, kernels, kernelspecs, sessions, status
+from .handlers import metrics as metrics_handler
 from .kernelspecs import KernelSpecs
+from .metrics import GatewayMetrics
 from .registry import KernelRegistry
 from .sessions import SessionStore
 
@@ -53,7 +55,23 @@ def api_routes() -> list[BaseRoute]:
         Route(SESSION, sessions.get_session, methods=["GET"]),
         Route(SESSION, sessions.update_session, methods=["PATCH"]),
         Route(SESSION, sessions.delete_session, methods=["DELETE"]),
+        # Operating raygate: the status page and its data, metrics, the API description.
+        Route("/", status.status_page, methods=["GET"]),
+        Route("/status", status.status_page, methods=["GET"]),
+        Route("/api/status", status.api_status, methods=["GET"]),
+        Route("/metrics", metrics_handler.metrics, methods=["GET"]),
+        Route("/api/swagger.json", status.swagger, methods=["GET"]),
     ]
+
+
+def open_paths(config: GatewayConfig) -> list[str]:
+    """Paths under the base URL served without a token: health probes, the status page
+    (a static file; its data needs the token) and the API description; /metrics too
+    with --metrics-public."""
+    paths = [*health.HEALTH_PATHS, *status.PAGE_PATHS, status.SWAGGER_PATH]
+    if config.metrics_public:
+        paths.append(metrics_handler.METRICS_PATH)
+    return paths
 
 
 def default_launchers(config: GatewayConfig) -> dict[str, Launcher]:
@@ -77,6 +95,8 @@ def create_app(
             + ", ".join(sorted(launchers))
         )
     registry = KernelRegistry(config, specs, launchers)
+    metrics = GatewayMetrics(registry)
+    registry.observer = metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,7 +130,7 @@ def create_app(
         Middleware(
             TokenAuthMiddleware,
             token=config.auth_token,
-            open_paths=[config.base_url + path for path in health.HEALTH_PATHS],
+            open_paths=[config.base_url + path for path in open_paths(config)],
         )
     )
 
@@ -128,5 +148,6 @@ def create_app(
     app.state.ready = False
     app.state.kernelspecs = specs
     app.state.registry = registry
+    app.state.metrics = metrics
     app.state.sessions = SessionStore(registry)
     return app
