@@ -5,3 +5,63 @@ status codes the official clients use) and really runs what it is asked to run a
 process, so raygate's launchers are exercised end to end. What they leave out is said in
 each module's docstring.
 """
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ticking_lifespan(tick: Callable[[], None], shutdown: Callable[[], None]) -> Any:
+    """A Starlette lifespan that runs ``tick`` (the stand-in's scheduler and node) every
+    0.1 s while the server runs, and ``shutdown`` when it stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    tick()
+                except Exception as exc:  # keep serving; the test reads the log
+                    print("stand-in tick failed:", repr(exc), flush=True)
+                await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            shutdown()
+
+    return lifespan
+
+
+def start(module: str, port: int, args: list[str], log_path: str, probe: str) -> subprocess.Popen:
+    """Run ``python -m standins.<module> --port <port> ...`` and wait until ``probe``
+    answers over HTTP."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"standins.{module}", "--port", str(port), *args],
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=HERE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"the stand-in {module} did not come up") from None
+            time.sleep(0.1)

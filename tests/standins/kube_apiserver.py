@@ -27,7 +27,7 @@ secrets it owns (``ownerReferences``), as Kubernetes' garbage collector would.
 Left out: watches, other kinds, field selectors, user/group switching (``runAsUser`` is
 recorded, not applied), volumes (recorded), container restarts, resourceVersion checks.
 
-Run: ``python kube_apiserver.py --port P --token T [--gpus 1 --cpu 4 --memory 8Gi]``.
+Run (from tests/): ``python -m standins.kube_apiserver --port P --token T [--gpus 1 --cpu 4 --memory 8Gi]``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from standins import ticking_lifespan
 
 NODE = "standin-node"
 POD_IP = "127.0.0.1"
@@ -705,24 +707,7 @@ def make_app(cluster: Cluster, token: str) -> Starlette:
         Route(secrets + "/{name}", guard(delete_secret), methods=["DELETE"]),
     ]
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> Any:
-        async def loop() -> None:
-            while True:
-                try:
-                    cluster.tick()
-                except Exception as exc:  # keep the node running; the test sees the log
-                    print("stand-in kubelet failed:", repr(exc), flush=True)
-                await asyncio.sleep(0.1)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            cluster.shutdown()
-
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=ticking_lifespan(cluster.tick, cluster.shutdown))
 
 
 def main() -> None:

@@ -1,0 +1,172 @@
+"""The yarn launcher against a stand-in YARN ResourceManager (tests/standins/yarn_rm.py).
+
+No real ResourceManager can run here, so the stand-in serves the RM REST API (new
+application, submit, application report, state, kill, list by tags) over HTTP and runs
+each application's AM container command as a local process: the gateway submits the
+bootstrap as the AM command, the bootstrap reports, and the kernel executes code.
+Queues: ``default`` and ``kernels`` run applications, ``full`` never activates them;
+the largest container is 4096 MB / 4 vCores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import standins
+from conftest import ServerProcess, free_port, remote_pids, run_code, stop_process, wait_gone
+from kernelspecs import ipykernel_argv, write_kernelspec
+from kgclient import Gateway
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def yarn_rm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("yarn")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["--queues", "default,kernels", "--stuck-queue", "full"]
+    args += ["--max-memory", "4096", "--max-vcores", "4"]
+    proc = standins.start("yarn_rm", port, args, str(root / "rm.log"), "/ws/v1/cluster/apps")
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def yarn_args(yarn_rm: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("yarn-gateway")
+    specs = str(root / "kernelspecs")
+    write_kernelspec(
+        specs, "yarn-python", ipykernel_argv(), metadata={"raygate": {"launcher": "yarn"}}
+    )
+    return [
+        "--kernelspec-dirs",
+        specs,
+        "--yarn-endpoint",
+        yarn_rm,
+        "--state-dir",
+        str(root / "state"),
+        "--report-ip",
+        "127.0.0.1",
+        "--report-address",
+        "127.0.0.1",
+        "--default-launcher",
+        "local",
+    ]
+
+
+@pytest.fixture(scope="module")
+def yarn_server(yarn_args: list[str]) -> Iterator[ServerProcess]:
+    """One gateway for the tests that do not stop theirs."""
+    server = ServerProcess(yarn_args)
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def yarn_gateway(yarn_server: ServerProcess) -> Iterator[ServerProcess]:
+    yield yarn_server
+    for k in yarn_server.client.get("/api/kernels").json():
+        yarn_server.client.shutdown_kernel(k["id"])
+
+
+def app_report(yarn_rm: str, app_id: str) -> dict[str, Any]:
+    return httpx.get(f"{yarn_rm}/ws/v1/cluster/apps/{app_id}").json()["app"]
+
+
+def wait_state(yarn_rm: str, app_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        app = app_report(yarn_rm, app_id)
+        if app["state"] == state or time.monotonic() > deadline:
+            return app
+        time.sleep(0.1)
+
+
+def start_fails(gw: Gateway, env: dict[str, str], status: int, within: float) -> str:
+    started = time.monotonic()
+    r = gw.post("/api/kernels", json={"name": "yarn-python", "env": env})
+    assert r.status_code == status, r.text
+    assert time.monotonic() - started < within
+    return r.json()["message"]
+
+
+async def test_yarn_kernel_start_execute_shutdown(
+    yarn_gateway: ServerProcess, yarn_rm: str
+) -> None:
+    gw = yarn_gateway.client
+    env = {
+        "KERNEL_QUEUE": "kernels",
+        "KERNEL_MEMORY": "1536Mi",
+        "KERNEL_CPUS": "2",
+        "KERNEL_USERNAME": "bob",
+    }
+    model = gw.start_kernel("yarn-python", env=env)
+    placement = model["placement"]
+    assert model["launcher"] == "yarn"
+    assert placement["queue"] == "kernels" and placement["host"] == "127.0.0.1"
+    assert placement["container"] == {"memory_mb": 1536, "vcores": 2}
+    app = app_report(yarn_rm, placement["application_id"])
+    assert app["state"] == "RUNNING" and app["queue"] == "kernels"
+    assert (app["allocatedMB"], app["allocatedVCores"]) == (1536, 2)
+    assert app["applicationTags"].split(",") == ["raygate", model["id"]]
+    assert app["applicationType"] == "RAYGATE" and app["user"] == getpass.getuser()
+    assert app["amHostHttpAddress"].startswith("127.0.0.1:")
+
+    code = "import os; print(os.environ['KERNEL_USERNAME'], 'RAYGATE_KERNEL_SECRET' in os.environ)"
+    assert (await run_code(gw, model["id"], code)).stdout == "bob False\n"
+
+    # what YARN can never give fails at once
+    text = start_fails(gw, {"KERNEL_MEMORY": "8Gi"}, 400, 5)
+    assert "memory=8192MB" in text and "largest this YARN cluster gives is memory=4096MB" in text
+    assert "GPU" in start_fails(gw, {"KERNEL_GPUS": "1"}, 400, 5)
+    # an unknown queue: the RM fails the application, with its diagnostics
+    assert "unknown queue: nope" in start_fails(gw, {"KERNEL_QUEUE": "nope"}, 500, 5)
+
+    assert gw.delete(f"/api/kernels/{model['id']}").status_code == 204
+    assert wait_state(yarn_rm, placement["application_id"], "KILLED")["state"] == "KILLED"
+    assert wait_gone(remote_pids(model)) == []
+
+
+def test_application_stuck_in_accepted_times_out_with_the_rms_diagnostics(
+    yarn_gateway: ServerProcess, yarn_rm: str
+) -> None:
+    text = start_fails(
+        yarn_gateway.client, {"KERNEL_QUEUE": "full", "KERNEL_LAUNCH_TIMEOUT": "4"}, 503, 8
+    )
+    assert "stayed ACCEPTED in queue full" in text
+    assert "Queue's AM resource limit exceeded" in text
+    apps = httpx.get(f"{yarn_rm}/ws/v1/cluster/apps", params={"queue": "full"}).json()
+    assert [a["state"] for a in apps["apps"]["app"]] == ["KILLED"]  # not left queued
+
+
+async def test_gateway_restart_finds_its_applications(
+    start_server: Callable[..., ServerProcess], yarn_args: list[str], yarn_rm: str
+) -> None:
+    gateway = start_server(*yarn_args)
+    first = gateway.client
+    kept = first.start_kernel("yarn-python")
+    lost = first.start_kernel("yarn-python")
+    assert (await run_code(first, kept["id"], "z = 'kept'")).status == "ok"
+    gateway.stop(signal.SIGKILL)
+    # while no gateway runs, one kernel's container dies: its application ends
+    os.kill(lost["placement"]["bootstrap_pid"], signal.SIGKILL)
+    assert wait_state(yarn_rm, lost["placement"]["application_id"], "FAILED")["state"] == "FAILED"
+    await asyncio.sleep(0.2)
+
+    second = start_server(*yarn_args)
+    assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kept["id"]]
+    assert (await run_code(second.client, kept["id"], "print(z)")).stdout == "kept\n"
+    assert second.client.delete(f"/api/kernels/{kept['id']}").status_code == 204
+    assert wait_state(yarn_rm, kept["placement"]["application_id"], "KILLED")["state"] == "KILLED"
+    assert wait_gone(remote_pids(kept) + remote_pids(lost)) == []
