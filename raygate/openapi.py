@@ -70,6 +70,17 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "Variables for the kernel: every KERNEL_* name, and others the operator "
         "allows (--allowed-envs); other names are ignored.",
+        "properties": {
+            name: {"type": "string", "description": description}
+            for name, description in (
+                ("KERNEL_USERNAME", "Who the kernel is for."),
+                ("KERNEL_LAUNCH_TIMEOUT", "Seconds the start may take."),
+                ("KERNEL_WORKING_DIR", "The kernel's working directory."),
+                ("KERNEL_CPUS", "CPUs to reserve."),
+                ("KERNEL_MEMORY", "Memory to reserve: bytes, or 4Gi, 512M, ..."),
+                ("KERNEL_GPUS", "GPUs to reserve (fractions allowed)."),
+            )
+        },
         "additionalProperties": {"type": "string"},
         "example": {"KERNEL_USERNAME": "ada", "KERNEL_GPUS": "1"},
     },
@@ -133,9 +144,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "NewSession": {
         "type": "object",
-        "required": ["path"],
+        "description": "'path' (or, from older clients, 'notebook.path') names the session.",
         "properties": {
             "path": {"type": "string", "minLength": 1},
+            "notebook": {"type": "object", "properties": {"path": {"type": "string"}}},
             "name": {"type": "string"},
             "type": {"type": "string"},
             "kernel": _ref("KernelRef"),
