@@ -103,3 +103,34 @@ async def test_public_metrics_and_json_logs(start_server) -> None:
     assert len(about_kernel) >= 3  # started, the WebSocket, shut down
     assert all(r["kernel_id"] == kernel["id"] for r in about_kernel)
     assert not any(r["kernel_id"] for r in records if "Application startup" in r["message"])
+
+
+def test_ray_capacity_and_gpus_held(ray_cluster, start_server) -> None:
+    from ray_cluster import GPU_NODE_GPUS
+
+    server = start_server(
+        "--ray-address", ray_cluster.address, "--ray-namespace", "rg-ops", env=ray_cluster.env()
+    )
+    status = server.client.get("/api/status").json()
+    ray = status["capacity"]["ray"]
+    assert len(ray["nodes"]) == 2
+    assert ray["total"]["gpus"] == {"total": GPU_NODE_GPUS, "available": GPU_NODE_GPUS}
+    assert all(node["cpus"]["total"] > 0 and node["memory"]["total"] > 0 for node in ray["nodes"])
+
+    kernel = server.client.start_kernel(env={"KERNEL_GPUS": "1", "KERNEL_USERNAME": "ada"})
+    try:
+        samples = scrape(server.client)
+        assert value(samples, "raygate_gpus_held", launcher="ray") == 1
+        assert value(samples, "raygate_kernels", state="idle", launcher="ray", user="ada") == 1
+        status = server.client.get("/api/status").json()
+        (row,) = status["kernels"]
+        gpu_node = next(n for n in status["capacity"]["ray"]["nodes"] if n["gpus"]["total"])
+        assert row["gpus"] == 1 and row["host"] == gpu_node["ip"] == kernel["placement"]["node_ip"]
+        # Ray's free-resource view follows within a moment.
+        deadline = time.monotonic() + 20
+        while status["capacity"]["ray"]["total"]["gpus"]["available"] != GPU_NODE_GPUS - 1:
+            assert time.monotonic() < deadline, status["capacity"]
+            time.sleep(0.5)
+            status = server.client.get("/api/status").json()
+    finally:
+        server.client.shutdown_kernel(kernel["id"])
