@@ -97,6 +97,8 @@ FATAL_WAITING = {
 }
 """Waiting reasons of a container that will not start without someone changing something."""
 POLL = 0.5
+UNREACHABLE_BACKOFF = 300.0
+"""Seconds before scanning again after the API server could not be reached."""
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -803,7 +805,8 @@ class KubernetesLauncher(RemoteLauncher):
         """Adopt the labelled pods no gateway here serves whose bootstraps answer; delete
         the orphans (ended, bootstrap gone, or never recorded and old)."""
         pods = await self._list("pod")
-        if pods is None:
+        if pods is None:  # the API server is unreachable: do not hold up the monitor often
+            self._next_scan = time.monotonic() + max(self.scan_interval, UNREACHABLE_BACKOFF)
             return []
         now = time.monotonic()
         candidates: dict[str, tuple[str, str]] = {}

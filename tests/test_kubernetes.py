@@ -108,7 +108,7 @@ def k8s_files(kube: dict[str, Any]) -> dict[str, str]:
     return {"template": str(root / "pod.yaml"), "specs": specs, "root": str(root)}
 
 
-def gateway_args(kube: dict[str, Any], files: dict[str, str]) -> list[str]:
+def gateway_args(kube: dict[str, Any], files: dict[str, str], scan: str = "1") -> list[str]:
     return [
         "--kernelspec-dirs",
         files["specs"],
@@ -119,7 +119,7 @@ def gateway_args(kube: dict[str, Any], files: dict[str, str]) -> list[str]:
         "--k8s-kernel-namespaces",
         "team-a",
         "--k8s-scan-interval",
-        "1",
+        scan,
         "--report-ip",
         "127.0.0.1",
         "--report-address",
@@ -133,8 +133,9 @@ def gateway_args(kube: dict[str, Any], files: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def k8s_server(kube: dict[str, Any], k8s_files: dict[str, str]) -> Iterator[ServerProcess]:
-    """One gateway for the tests that do not stop theirs."""
-    server = ServerProcess(gateway_args(kube, k8s_files))
+    """One gateway for the tests that do not stop theirs; it does not sweep (the restart
+    test checks the sweeps of its own gateways)."""
+    server = ServerProcess(gateway_args(kube, k8s_files, scan="3600"))
     server.wait_ready()
     yield server
     server.stop()
@@ -325,6 +326,46 @@ def test_bad_pod_templates_are_refused_before_anything_is_created(
     assert kernel_pods(kube) == []
 
 
+def make_orphan(kube: dict[str, Any], n: int, argv: list[str]) -> str:
+    """A labelled kernel pod no gateway started, with a record naming a bootstrap that
+    does not answer; returns its name."""
+    api = kube["api"]
+    labels = {"app.kubernetes.io/managed-by": "raygate"}
+    orphan_id = f"00000000-0000-4000-8000-{n:012d}"
+    name = f"raygate-kernel-{orphan_id}"
+    api.create_namespaced_pod(
+        NAMESPACE,
+        {
+            "metadata": {"name": name, "labels": {**labels, "raygate.io/kernel-id": orphan_id}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "kernel", "image": "x", "command": argv}],
+            },
+        },
+    )
+    record = {
+        "kernel_id": orphan_id,
+        "secret": base64.b64encode(os.urandom(32)).decode(),
+        "control": {"host": "127.0.0.1", "port": free_port()},
+        "connection": {
+            **{f"{c}_port": 1 for c in ("shell", "iopub", "stdin", "control", "hb")},
+            "ip": "127.0.0.1",
+            "key": "",
+        },
+        "request": {
+            "kernel_id": orphan_id,
+            "spec": {"name": "k8s-python", "argv": []},
+            "env": {},
+            "launch_timeout": 30,
+        },
+    }
+    data = {"record": base64.b64encode(json.dumps(record).encode()).decode()}
+    api.create_namespaced_secret(
+        NAMESPACE, {"metadata": {"name": name, "labels": labels}, "data": data}
+    )
+    return name
+
+
 async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
     start_server: Callable[..., ServerProcess], kube: dict[str, Any], k8s_files: dict[str, str]
 ) -> None:
@@ -341,49 +382,21 @@ async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
 
     # orphans, made straight through the API: a kernel pod that has ended, and one whose
     # record names a bootstrap that no longer answers
-    api = kube["api"]
-    labels = {"app.kubernetes.io/managed-by": "raygate"}
-    orphan_ids = ["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]
-    for orphan_id, argv in zip(orphan_ids, (["true"], ["sleep", "600"])):
-        name = f"raygate-kernel-{orphan_id}"
-        api.create_namespaced_pod(
-            NAMESPACE,
-            {
-                "metadata": {"name": name, "labels": {**labels, "raygate.io/kernel-id": orphan_id}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "kernel", "image": "x", "command": argv}],
-                },
-            },
-        )
-        record = {
-            "kernel_id": orphan_id,
-            "secret": base64.b64encode(os.urandom(32)).decode(),
-            "control": {"host": "127.0.0.1", "port": free_port()},
-            "connection": {
-                **{f"{c}_port": 1 for c in ("shell", "iopub", "stdin", "control", "hb")},
-                "ip": "127.0.0.1",
-                "key": "",
-            },
-            "request": {
-                "kernel_id": orphan_id,
-                "spec": {"name": "k8s-python", "argv": []},
-                "env": {},
-                "launch_timeout": 30,
-            },
-        }
-        data = {"record": base64.b64encode(json.dumps(record).encode()).decode()}
-        api.create_namespaced_secret(
-            NAMESPACE, {"metadata": {"name": name, "labels": labels}, "data": data}
-        )
+    orphans = [make_orphan(kube, 1, ["true"]), make_orphan(kube, 2, ["sleep", "600"])]
     await asyncio.sleep(0.5)  # the first has ended by now
 
     second = start_server(*gateway_args(kube, k8s_files))
     assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kernel_id]
     out = await run_code(second.client, kernel_id, "print(y)")
     assert out.stdout == "kept\n"
-    for orphan_id in orphan_ids:  # by the new gateway's startup scan (or the other's sweep)
-        assert gone(kube, NAMESPACE, f"raygate-kernel-{orphan_id}", timeout=5)
+    for name in orphans:  # by the new gateway's startup scan
+        assert gone(kube, NAMESPACE, name, timeout=5)
+    # and one that ends while it runs, by its periodic sweep
+    orphans.append(make_orphan(kube, 3, ["true"]))
+    assert gone(kube, NAMESPACE, orphans[-1], timeout=10)
+    log = second.output()
+    for name, why in zip(orphans, (" (Succeeded)", ": its bootstrap is gone", " (Succeeded)")):
+        assert f"deleting orphaned kernel pod {NAMESPACE}/{name}{why}" in log
 
     assert second.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
     assert gone(kube, "team-a", model["placement"]["pod"])
