@@ -117,6 +117,7 @@ class KernelRegistry:
         self.zmq_context = zmq.asyncio.Context()
         self._starting = 0
         self._last_miss_discovery = 0.0
+        self._stopping: set[asyncio.Future] = set()
         self._monitor: asyncio.Task | None = None
         self._launching: set[str] = set()
         """Ids of kernels this gateway is starting (not to be "discovered" meanwhile)."""
@@ -139,6 +140,7 @@ class KernelRegistry:
         launchers whose kernels outlive the gateway are only let go."""
         if self._monitor is not None:
             self._monitor.cancel()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         for task in list(self._probes):
             task.cancel()
         kept = [k for k in self.kernels.values() if k.launcher.kernels_outlive_gateway]
@@ -153,7 +155,7 @@ class KernelRegistry:
         )
         for launcher in self.launchers.values():
             await launcher.close()
-        self.zmq_context.term()
+        self.zmq_context.destroy(linger=0)
 
     @kernel_scoped
     async def _adopt(self, launcher: Launcher, handle: KernelHandle) -> None:
@@ -388,15 +390,25 @@ class KernelRegistry:
         while len(self._gone) > 10_000:
             del self._gone[next(iter(self._gone))]
         kernel.busy_with = "shutting down"
+        # Shielded and tracked: a caller cancelled half-way (the monitor, at gateway exit)
+        # must not leave a kernel running or sockets open; close() waits for these.
+        task = asyncio.ensure_future(self._stop(kernel))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        await asyncio.shield(task)
+
+    async def _stop(self, kernel: Kernel) -> None:
         try:
             await kernel.channels.request(
                 "control", "shutdown_request", {"restart": False}, timeout=1.0
             )
         except Exception:
             pass  # a kernel that does not answer is stopped the hard way below
-        await kernel.handle.shutdown()
-        await kernel.channels.close(1000, "kernel shut down")
-        log.info("kernel %s: shut down", kernel_id)
+        try:
+            await kernel.handle.shutdown()
+        finally:
+            await kernel.channels.close(1000, "kernel shut down")
+        log.info("kernel %s: shut down", kernel.id)
 
     # -- watching -----------------------------------------------------------------
 
