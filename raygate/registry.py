@@ -317,11 +317,13 @@ class KernelRegistry:
         try:
             await channels.wait_for_ready(max(remaining, 1.0), handle.is_alive)
         except Exception as exc:
+            # A kernel still running when time ran out was slow (504); one that died failed.
+            status = 504 if await handle.is_alive() else 500
             reason = await handle.failure_reason()
             channels.close_sockets()
             await handle.shutdown()
             detail = f"{exc}" + (f"\n{reason}" if reason else "")
-            raise APIError(500, f"Kernel {name} failed to start: {detail}") from None
+            raise APIError(status, f"Kernel {name} failed to start: {detail}") from None
         if channels.execution_state in ("starting", "busy"):
             channels.execution_state = "idle"  # the busy/idle of our own probe
         log.info(

@@ -62,7 +62,8 @@ class SessionStore:
         return kernel.id
 
     async def create(self, body: dict[str, Any]) -> Session:
-        path = body.get("path") or (body.get("notebook") or {}).get("path")
+        notebook = body.get("notebook")
+        path = body.get("path") or (notebook.get("path") if isinstance(notebook, dict) else None)
         if not isinstance(path, str) or not path:
             raise APIError(400, "'path' is required")
         self._prune()

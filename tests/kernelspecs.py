@@ -33,6 +33,7 @@ def make_test_kernelspecs(root: str) -> str:
     )
     write_kernelspec(root, "by-message", ipykernel_argv(), interrupt_mode="message")
     write_kernelspec(root, "python3", ipykernel_argv())
+    write_kernelspec(root, "silent", [sys.executable, "-c", "import time; time.sleep(600)"])
     # starts an ipykernel unless the file "no-more-starts" exists beside the kernelspecs
     marker = os.path.join(root, "no-more-starts")
     write_kernelspec(

@@ -8,6 +8,7 @@ import os
 import time
 
 import httpx
+import psutil
 import pytest
 import websockets
 
@@ -259,4 +260,17 @@ def test_sessions_api(gw: Gateway) -> None:
     assert gw.delete(f"/api/sessions/{session['id']}").status_code == 204
     assert gw.get("/api/sessions").json() == []
     assert gw.get(f"/api/kernels/{session['kernel']['id']}").status_code == 404
+    assert_healthy(gw)
+
+
+def test_kernel_that_never_answers_is_a_504(server: ServerProcess, gw: Gateway) -> None:
+    started = time.monotonic()
+    r = gw.post("/api/kernels", json={"name": "silent", "env": {"KERNEL_LAUNCH_TIMEOUT": "2"}})
+    body = assert_error(r, 504, "did not answer within")
+    assert time.monotonic() - started < 15
+    assert "failed to start" in body["message"]
+    assert gw.get("/api/kernels").json() == []
+    assert "time.sleep(600)" not in " ".join(
+        " ".join(p.cmdline()) for p in psutil.Process(server.proc.pid).children(recursive=True)
+    )
     assert_healthy(gw)

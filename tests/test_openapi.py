@@ -149,11 +149,7 @@ def test_schemathesis_finds_no_server_errors(start_server) -> None:
     assert wait_gone(pids) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raygate/sessions.py SessionStore.create calls .get on a 'notebook' that is not "
-    "an object (AttributeError, 500); it should answer 400",
-)
 def test_session_with_a_notebook_that_is_not_an_object_is_a_400(gateway) -> None:
     response = gateway.post("/api/sessions", json={"notebook": "a.ipynb"})
     assert response.status_code == 400, response.text
+    assert "path" in response.json()["message"]
