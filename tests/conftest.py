@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import psutil
@@ -168,15 +167,6 @@ def ray_cluster() -> Iterator[object]:
 def remote_pids(model: dict) -> list[int]:
     """The kernel's and its bootstrap's pids, from a remote kernel's placement."""
     return [model["placement"]["pid"], model["placement"]["bootstrap_pid"]]
-
-
-async def run_code(gateway: Gateway, kernel_id: str, code: str) -> Any:
-    """Execute ``code`` on a connection of its own to the kernel."""
-    ws = await gateway.connect(kernel_id)
-    try:
-        return await ws.execute(code)
-    finally:
-        await ws.close()
 
 
 async def assert_interrupts(gateway: Gateway, kernel_id: str) -> None:

@@ -195,6 +195,14 @@ class Gateway:
         r = self.delete(f"/api/kernels/{kernel_id}")
         assert r.status_code in (204, 404), r.text
 
+    async def run(self, kernel_id: str, code: str, timeout: float = 60) -> ExecResult:
+        """Execute ``code`` on a connection of its own to the kernel."""
+        ws = await self.connect(kernel_id)
+        try:
+            return await ws.execute(code, timeout=timeout)
+        finally:
+            await ws.close()
+
     async def connect(
         self, kernel_id: str, binary: bool = False, session: str | None = None, **kw: Any
     ) -> KernelWS:

@@ -16,7 +16,6 @@ import pytest
 
 from conftest import ServerProcess, free_port, wait_gone
 from kernelspecs import ipykernel_argv, write_kernelspec
-from kgclient import Gateway
 
 pytest.importorskip("distributed")
 
@@ -105,14 +104,6 @@ def pids(model: dict) -> list[int]:
     return [model["placement"]["pid"], model["placement"]["bootstrap_pid"]]
 
 
-async def run(gateway: Gateway, kernel_id: str, code: str) -> object:
-    ws = await gateway.connect(kernel_id)
-    try:
-        return await ws.execute(code)
-    finally:
-        await ws.close()
-
-
 async def test_gpu_kernel_holds_the_slot_until_shutdown(
     dask_gateway: tuple[ServerProcess, list[str]], dask_cluster: str
 ) -> None:
@@ -124,7 +115,7 @@ async def test_gpu_kernel_holds_the_slot_until_shutdown(
     assert placement["resources"] == {"GPU": 1}
     assert placement["worker"].startswith("tcp://127.0.0.1:")
     assert placement["scheduler"] == dask_cluster
-    out = await run(gw, first["id"], "import os; print(os.environ['KERNEL_GPUS'])")
+    out = await gw.run(first["id"], "import os; print(os.environ['KERNEL_GPUS'])")
     assert out.stdout == "1\n"
 
     # the one GPU slot is taken: a second GPU kernel waits, then says why it gave up
@@ -165,7 +156,7 @@ async def test_restart_and_reattach_after_gateway_sigkill(
     r = first.client.post(f"/api/kernels/{kernel_id}/restart")
     assert r.status_code == 200, r.text
     assert wait_gone([model["placement"]["pid"]]) == []
-    assert (await run(first.client, kernel_id, "y = 'kept'")).status == "ok"
+    assert (await first.client.run(kernel_id, "y = 'kept'")).status == "ok"
     model = first.client.get(f"/api/kernels/{kernel_id}").json()
 
     first.stop(signal.SIGKILL)
@@ -174,7 +165,7 @@ async def test_restart_and_reattach_after_gateway_sigkill(
 
     second = start_server(*args)
     assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kernel_id]
-    out = await run(second.client, kernel_id, "print(y)")
+    out = await second.client.run(kernel_id, "print(y)")
     assert out.stdout == "kept\n"
     assert second.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
     assert wait_gone(pids(model)) == []

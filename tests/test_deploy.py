@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -664,9 +665,10 @@ def test_entrypoint_serves_and_passes_the_readiness_probe(built, tmp_path: Path)
 
 
 def test_ray_up_config_validates_against_rays_schema() -> None:
-    import ray
-
-    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    # Found without importing ray: an import here would fix Ray's auth mode for this
+    # process before the session's token-auth test cluster starts.
+    (ray_dir,) = importlib.util.find_spec("ray").submodule_search_locations
+    schema = json.loads((Path(ray_dir) / "autoscaler" / "ray-schema.json").read_text())
     config = yaml.safe_load((ROOT / "deploy" / "ray-up.yaml").read_text())
     jsonschema.validate(config, schema)
     types = config["available_node_types"]

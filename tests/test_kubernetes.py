@@ -30,7 +30,6 @@ from conftest import (
     assert_interrupts,
     free_port,
     remote_pids,
-    run_code,
     stop_process,
     wait_gone,
 )
@@ -248,8 +247,7 @@ async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
     assert secret.metadata.owner_references[0].uid == pod["metadata"]["uid"]
     assert "record" in secret.data
 
-    out = await run_code(
-        gw,
+    out = await gw.run(
         kernel_id,
         "import os; print(os.getcwd(), os.environ['KERNEL_GPUS'], 'RAYGATE_KERNEL_SECRET' in os.environ)",
     )
@@ -263,13 +261,13 @@ async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
         assert words in text and f"{gpus} GPU" in text
     assert kernel_pods(kube) == [placement["pod"]]  # the failed ones were deleted
 
-    assert (await run_code(gw, kernel_id, "x = 1")).status == "ok"
+    assert (await gw.run(kernel_id, "x = 1")).status == "ok"
     await assert_interrupts(gw, kernel_id)
 
     r = gw.post(f"/api/kernels/{kernel_id}/restart")
     assert r.status_code == 200, r.text
     assert wait_gone([placement["pid"]]) == []
-    out = await run_code(gw, kernel_id, "x")
+    out = await gw.run(kernel_id, "x")
     assert out.error and out.error["ename"] == "NameError"  # a fresh kernel, same pod
     model = gw.get(f"/api/kernels/{kernel_id}").json()
     assert model["placement"]["pod"] == placement["pod"]
@@ -374,7 +372,7 @@ async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
     model = first.start_kernel("k8s-python", env={"KERNEL_NAMESPACE": "team-a"})
     kernel_id = model["id"]
     assert model["placement"]["namespace"] == "team-a"
-    assert (await run_code(first, kernel_id, "y = 'kept'")).status == "ok"
+    assert (await first.run(kernel_id, "y = 'kept'")).status == "ok"
 
     gateway.stop(signal.SIGKILL)
     await asyncio.sleep(0.3)
@@ -387,7 +385,7 @@ async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
 
     second = start_server(*gateway_args(kube, k8s_files))
     assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kernel_id]
-    out = await run_code(second.client, kernel_id, "print(y)")
+    out = await second.client.run(kernel_id, "print(y)")
     assert out.stdout == "kept\n"
     for name in orphans:  # by the new gateway's startup scan
         assert gone(kube, NAMESPACE, name, timeout=5)

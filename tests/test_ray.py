@@ -73,14 +73,6 @@ def gw(ray_server: ServerProcess) -> Iterator[Gateway]:
             client.shutdown_kernel(k["id"])
 
 
-async def run(gw: Gateway, kernel_id: str, code: str, timeout: float = 60):
-    ws = await gw.connect(kernel_id)
-    try:
-        return await ws.execute(code, timeout=timeout)
-    finally:
-        await ws.close()
-
-
 def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,8 +92,7 @@ async def test_plain_kernel_sees_no_gpu_and_joins_the_cluster(gw: Gateway, ray_c
     placement = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]
     assert placement["gpu_ids"] == []
     assert placement["node_id"] and placement["node_ip"] and placement["resources"]["CPU"] == 1
-    out = await run(
-        gw,
+    out = await gw.run(
         kernel["id"],
         "import os, ray\n"
         "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))\n"
@@ -124,7 +115,7 @@ async def test_gpu_kernel_lands_on_the_gpu_node(gw: Gateway, ray_cluster) -> Non
     assert len(placement["gpu_ids"]) == 1
     assert placement["resources"]["GPU"] == 1
     assert placement["resources"]["memory"] == 256 * 2**20
-    out = await run(gw, kernel["id"], "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")
+    out = await gw.run(kernel["id"], "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])")
     assert out.stdout.strip() == placement["gpu_ids"][0]
 
 
@@ -139,7 +130,7 @@ def test_node_labels_and_custom_resources_place_the_kernel(gw: Gateway, ray_clus
 async def test_runtime_env_from_the_kernelspec(gw: Gateway) -> None:
     kernel = gw.start_kernel("python3-env")
     assert kernel["placement"]["resources"]["CPU"] == 0.5
-    out = await run(gw, kernel["id"], "import os; print(os.environ['RAYGATE_FROM_RUNTIME_ENV'])")
+    out = await gw.run(kernel["id"], "import os; print(os.environ['RAYGATE_FROM_RUNTIME_ENV'])")
     assert out.stdout.strip() == "yes"
 
 
@@ -279,7 +270,7 @@ async def test_kernel_survives_gateway_sigkill(ray_cluster, specs: str) -> None:
     try:
         first.wait_ready(120)
         kernel = first.client.start_kernel()
-        await run(first.client, kernel["id"], "x = 'still here'")
+        await first.client.run(kernel["id"], "x = 'still here'")
         first.stop(signal.SIGKILL)
         second = ServerProcess(ray_args(ray_cluster, namespace, specs), env=ray_cluster.env())
         second.wait_ready(120)
@@ -287,7 +278,7 @@ async def test_kernel_survives_gateway_sigkill(ray_cluster, specs: str) -> None:
         assert [k["id"] for k in listed] == [kernel["id"]]
         assert listed[0]["created"] == kernel["created"]
         assert listed[0]["placement"]["pid"] == kernel["placement"]["pid"]
-        out = await run(second.client, kernel["id"], "print(x)")
+        out = await second.client.run(kernel["id"], "print(x)")
         assert out.stdout == "still here\n"
         # SIGTERM on a gateway joined to a cluster leaves the kernel running, too
         second.stop(signal.SIGTERM)
@@ -312,10 +303,10 @@ async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> N
         a.wait_ready(120)
         b.wait_ready(120)
         kernel = a.client.start_kernel()
-        await run(a.client, kernel["id"], "y = 7")
+        await a.client.run(kernel["id"], "y = 7")
         assert wait_for(lambda: b.client.get(f"/api/kernels/{kernel['id']}").status_code == 200)
         assert [k["id"] for k in b.client.get("/api/kernels").json()] == [kernel["id"]]
-        out = await run(b.client, kernel["id"], "y * 6")
+        out = await b.client.run(kernel["id"], "y * 6")
         assert out.result == "42"
         # a kernel B starts shows up on A
         other = b.client.start_kernel()

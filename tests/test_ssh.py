@@ -102,14 +102,6 @@ def assert_running(pids: list[int]) -> None:
         assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
-async def run(gateway: Gateway, kernel_id: str, code: str) -> object:
-    ws = await gateway.connect(kernel_id)
-    try:
-        return await ws.execute(code)
-    finally:
-        await ws.close()
-
-
 async def test_kernels_spread_over_hosts_and_a_dead_host_is_skipped(
     ssh_gateway: Gateway, ssh_server: ServerProcess, sshd: SSHServer
 ) -> None:
@@ -119,7 +111,7 @@ async def test_kernels_spread_over_hosts_and_a_dead_host_is_skipped(
     assert all(m["launcher"] == "ssh" for m in models)
     assert f"skipping SSH host {DEAD}:{sshd.port}" in ssh_server.output()
     # the kernel really came through sshd: it sees the SSH connection it was started over
-    out = await run(ssh_gateway, models[0]["id"], "import os; print(os.environ['SSH_CONNECTION'])")
+    out = await ssh_gateway.run(models[0]["id"], "import os; print(os.environ['SSH_CONNECTION'])")
     assert out.status == "ok"
     assert out.stdout.split()[2:] == [hosts[0], str(sshd.port)]
     pids = [pid for m in models for pid in remote_pids(m)]
@@ -158,7 +150,7 @@ async def test_interrupt_restart_shutdown(ssh_gateway: Gateway) -> None:
     r = ssh_gateway.post(f"/api/kernels/{kernel_id}/restart")
     assert r.status_code == 200, r.text
     assert wait_gone([old_pid]) == []
-    out = await run(ssh_gateway, kernel_id, "x")
+    out = await ssh_gateway.run(kernel_id, "x")
     assert out.error and out.error["ename"] == "NameError"  # a fresh kernel
 
     model = ssh_gateway.get(f"/api/kernels/{kernel_id}").json()
@@ -183,7 +175,7 @@ async def test_kernel_that_dies_is_restarted_through_its_bootstrap(ssh_gateway: 
             break
         await asyncio.sleep(0.2)
     assert model["placement"]["pid"] != old_pid
-    out = await run(ssh_gateway, kernel_id, "1 + 1")
+    out = await ssh_gateway.run(kernel_id, "1 + 1")
     assert out.result == "2"
     ssh_gateway.shutdown_kernel(kernel_id)
     assert wait_gone(remote_pids(model)) == []
@@ -223,7 +215,7 @@ async def test_kernel_survives_gateway_sigkill_and_new_gateway_stops_it(
     first = start_server(*args)
     model = first.client.start_kernel("ssh-python")
     kernel_id = model["id"]
-    assert (await run(first.client, kernel_id, "x = 41")).status == "ok"
+    assert (await first.client.run(kernel_id, "x = 41")).status == "ok"
 
     # the reattach record: private, and its secret never shows in a log or a command line
     [record_path] = [os.path.join(state, "kernels", n) for n in os.listdir(f"{state}/kernels")]
@@ -242,7 +234,7 @@ async def test_kernel_survives_gateway_sigkill_and_new_gateway_stops_it(
 
     second = start_server(*args)
     assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kernel_id]
-    out = await run(second.client, kernel_id, "x + 1")
+    out = await second.client.run(kernel_id, "x + 1")
     assert out.status == "ok" and out.result == "42"  # the same kernel, its state intact
     assert second.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
     assert wait_gone(pids) == []

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 import standins
-from conftest import ServerProcess, free_port, remote_pids, run_code, stop_process, wait_gone
+from conftest import ServerProcess, free_port, remote_pids, stop_process, wait_gone
 from kernelspecs import ipykernel_argv, write_kernelspec
 from kgclient import Gateway
 
@@ -124,7 +124,7 @@ async def test_yarn_kernel_start_execute_shutdown(
     assert app["amHostHttpAddress"].startswith("127.0.0.1:")
 
     code = "import os; print(os.environ['KERNEL_USERNAME'], 'RAYGATE_KERNEL_SECRET' in os.environ)"
-    assert (await run_code(gw, model["id"], code)).stdout == "bob False\n"
+    assert (await gw.run(model["id"], code)).stdout == "bob False\n"
 
     # what YARN can never give fails at once
     text = start_fails(gw, {"KERNEL_MEMORY": "8Gi"}, 400, 5)
@@ -157,7 +157,7 @@ async def test_gateway_restart_finds_its_applications(
     first = gateway.client
     kept = first.start_kernel("yarn-python")
     lost = first.start_kernel("yarn-python")
-    assert (await run_code(first, kept["id"], "z = 'kept'")).status == "ok"
+    assert (await first.run(kept["id"], "z = 'kept'")).status == "ok"
     gateway.stop(signal.SIGKILL)
     # while no gateway runs, one kernel's container dies: its application ends
     os.kill(lost["placement"]["bootstrap_pid"], signal.SIGKILL)
@@ -166,7 +166,7 @@ async def test_gateway_restart_finds_its_applications(
 
     second = start_server(*yarn_args)
     assert [k["id"] for k in second.client.get("/api/kernels").json()] == [kept["id"]]
-    assert (await run_code(second.client, kept["id"], "print(z)")).stdout == "kept\n"
+    assert (await second.client.run(kept["id"], "print(z)")).stdout == "kept\n"
     assert second.client.delete(f"/api/kernels/{kept['id']}").status_code == 204
     assert wait_state(yarn_rm, kept["placement"]["application_id"], "KILLED")["state"] == "KILLED"
     assert wait_gone(remote_pids(kept) + remote_pids(lost)) == []
