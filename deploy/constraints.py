@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 EXTRAS = ("kubernetes",)
 """Extras installed in the images (the gateway's kubernetes launcher)."""
 BUILD_PINS = {"setuptools": "80.9.0"}
-"""The wheel stage's build backend (pyproject asks for setuptools>=68; the environment's
+"""The wheel stage's build backend (pyproject asks for setuptools>=77; the environment's
 own setuptools, a tool rather than a dependency, may be older)."""
 
 
