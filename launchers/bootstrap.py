@@ -248,7 +248,7 @@ class Bootstrap:
                 raise BootstrapError(
                     f"the gateway at {host}:{port} did not accept the kernel's report ({exc})"
                 ) from None
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise BootstrapError(
                         f"could not reach the gateway at {host}:{port} to report: {exc}"
@@ -264,7 +264,7 @@ class Bootstrap:
             while not self.done.is_set():
                 try:
                     await asyncio.wait_for(self.done.wait(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self.busy.locked() or self.alive():
                     continue
@@ -299,7 +299,7 @@ class Bootstrap:
             reply = await self._handle(request)
             write_frame(writer, seal(self.secret, self.kernel_id, CONTROL_REPLY, challenge, reply))
             await writer.drain()
-        except (ChannelError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, ChannelError, OSError) as exc:
             log.warning(
                 "kernel %s: refused a control request from %s: %s", self.kernel_id, peer, exc
             )

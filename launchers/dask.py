@@ -145,7 +145,7 @@ class DaskLauncher(RemoteLauncher):
             return client
         try:
             client = await Client(address, asynchronous=True, set_as_default=False, timeout=10)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise KernelStartError(
                 f"cannot reach the Dask scheduler at {address}: {exc}", status=503
             ) from None

@@ -59,7 +59,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Collection
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import yaml
@@ -216,7 +216,7 @@ def _age(obj: dict[str, Any]) -> float:
         when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     except ValueError:
         return 0.0
-    return (datetime.now(timezone.utc) - when).total_seconds()
+    return (datetime.now(UTC) - when).total_seconds()
 
 
 def _json_list(request: LaunchRequest, var: str) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from raygate.resources import ResourceRequest, format_bytes
@@ -222,7 +222,7 @@ class RayKernel(KernelHandle):
 
         try:
             return bool((await self._call("poll", timeout=10.0))["alive"])
-        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayActorError):
             return False
 
     async def signal(self, signum: int) -> None:
@@ -236,7 +236,7 @@ class RayKernel(KernelHandle):
         except ray.exceptions.RayActorError:
             reason = _death_reason(self.actor_id) or "its actor is gone"
             raise KernelStartError(f"the kernel cannot restart: {reason}", status=410) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise KernelStartError("the kernel's actor did not restart it in time") from None
         self.placement.update(info["placement"])
         return ConnectionInfo.from_dict(info["connection"])
@@ -262,7 +262,7 @@ class RayKernel(KernelHandle):
 
         try:
             return await self._call("failure_reason", timeout=5.0)
-        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayActorError):
             return _death_reason(self.actor_id) or "its actor is gone"
 
 
@@ -446,7 +446,7 @@ class RayLauncher(Launcher):
             "cwd": request.cwd,
             "launch_timeout": request.launch_timeout,
             "resources": request.resources.to_dict(),
-            "created": datetime.now(timezone.utc).isoformat(),
+            "created": datetime.now(UTC).isoformat(),
         }
 
     async def launch(self, request: LaunchRequest) -> KernelHandle:
@@ -466,7 +466,7 @@ class RayLauncher(Launcher):
         budget = max(1.0, request.launch_timeout - 1.0)
         try:
             info = await _get(actor.describe.remote(), budget)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             message = self._still_waiting(actor, request, options, budget)
             self._kill(actor)
             raise KernelStartError(message, status=503) from None

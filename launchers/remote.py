@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Collection
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from raygate.resources import ResourceRequest
@@ -188,7 +188,7 @@ class RemoteKernel(KernelHandle):
         self.failed_checks = 0
         self.last_status: dict[str, Any] = {}
         self.stopped = False
-        self.created: datetime | None = datetime.now(timezone.utc)
+        self.created: datetime | None = datetime.now(UTC)
 
     # -- persistence --
 
@@ -238,7 +238,7 @@ class RemoteKernel(KernelHandle):
         except (ConnectionRefusedError, ConnectionResetError):
             self.last_status = {"alive": False, "error": "its bootstrap is gone"}
             return False
-        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ChannelError) as exc:
             self.failed_checks += 1
             log.warning(
                 "kernel %s: liveness check %d failed: %s", self.kernel_id, self.failed_checks, exc
@@ -253,13 +253,13 @@ class RemoteKernel(KernelHandle):
     async def signal(self, signum: int) -> None:
         try:
             await self.control("signal", signum=int(signum))
-        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ChannelError) as exc:
             raise RuntimeError(f"could not signal kernel {self.kernel_id}: {exc}") from exc
 
     async def restart(self) -> ConnectionInfo:
         try:
             reply = await self.control("restart", timeout=max(self.request.launch_timeout, 10.0))
-        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ChannelError) as exc:
             raise KernelStartError(f"its bootstrap did not restart it: {exc}") from exc
         self.connection = ConnectionInfo.from_dict(reply["connection"])
         if reply.get("pid"):
@@ -276,7 +276,7 @@ class RemoteKernel(KernelHandle):
             await self.control("shutdown", timeout=15.0)
         except (ConnectionRefusedError, ConnectionResetError):
             pass  # the bootstrap has already gone
-        except (OSError, ChannelError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ChannelError) as exc:
             log.warning("kernel %s: shutdown through its bootstrap failed: %s", self.kernel_id, exc)
             await self.launcher.force_stop(self)
         self.launcher.forget(self)
@@ -462,7 +462,7 @@ class RemoteLauncher(Launcher):
                 )
                 self.state.remove(self.kind, kernel.kernel_id)
                 return
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.warning(
                     "kernel %s: bootstrap at %s:%d unreachable after %.1fs (%s); kept for later",
                     kernel.kernel_id,

@@ -321,7 +321,7 @@ class ReportListener:
             await writer.drain()
             if not expected.future.done():
                 expected.future.set_result(payload)
-        except (ChannelError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, ChannelError, OSError) as exc:
             self.rejected += 1
             log.warning("rejected a kernel report from %s for kernel %s: %s", peer, kernel_id, exc)
         finally:

@@ -275,7 +275,7 @@ class SSHLauncher(RemoteLauncher):
     async def _connect(self, host: SSHHost, user: str) -> asyncssh.SSHClientConnection:
         try:
             return await asyncssh.connect(host.host, host.port, **self._connect_options(user))
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
             raise _HostUnavailable(str(exc) or type(exc).__name__) from None
 
     async def _launch_on(
@@ -301,7 +301,7 @@ class SSHLauncher(RemoteLauncher):
                     conn.run(command, input=json.dumps(settings), check=False),
                     max(1.0, deadline - time.monotonic()),
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise KernelStartError(
                     f"the bootstrap on {host} did not report within {request.launch_timeout:g}s",
                     status=504,
@@ -311,7 +311,7 @@ class SSHLauncher(RemoteLauncher):
                 raise KernelStartError(f"the kernel bootstrap on {host} failed: {detail}")
             try:
                 payload = await asyncio.wait_for(report, 5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise KernelStartError(
                     f"the bootstrap on {host} says it reported, but no report arrived"
                 ) from None
@@ -342,7 +342,7 @@ class SSHLauncher(RemoteLauncher):
             return
         try:
             await conn.run(f"kill -TERM {int(pid)}", check=False, timeout=10)
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
             log.warning("kernel %s: kill over SSH failed: %s", kernel.kernel_id, exc)
         finally:
             conn.close()

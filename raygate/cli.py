@@ -7,11 +7,13 @@ Precedence: command line, then environment, then config file, then the default.
 
 from __future__ import annotations
 
+import os
+import ssl
+import tomllib
 from dataclasses import fields
 from typing import Any
 
 import click
-import tomllib
 
 from raygate import __version__
 
@@ -144,6 +146,27 @@ main.add_command(kernelspec)
     type=click.IntRange(min=0),
     help="Output kept for a session whose WebSocket dropped, replayed when it reconnects "
     "(0: keep none).",
+)
+@_option(
+    "--certfile",
+    default="",
+    show_default=False,
+    type=click.Path(dir_okay=False),
+    help="TLS certificate (PEM; may hold the chain): serve HTTPS and WSS.",
+)
+@_option(
+    "--keyfile",
+    default="",
+    show_default=False,
+    type=click.Path(dir_okay=False),
+    help="TLS private key (PEM), when not in --certfile.",
+)
+@_option(
+    "--client-ca",
+    default="",
+    show_default=False,
+    type=click.Path(dir_okay=False),
+    help="CA bundle (PEM): clients must present a certificate it signed (mutual TLS).",
 )
 @_option(
     "--ws-compression/--no-ws-compression",
@@ -380,6 +403,7 @@ def serve(**options: Any) -> None:
     known = {f.name for f in fields(GatewayConfig)}
     config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
     configure_logging(config.log_level, config.log_format.lower())
+    tls = tls_options(config)
     try:
         app = create_app(config)
     except ValueError as exc:
@@ -395,4 +419,23 @@ def serve(**options: Any) -> None:
         ws_max_size=config.ws_max_message_bytes,
         timeout_graceful_shutdown=10,
         lifespan="on",
+        **tls,
     )
+
+
+def tls_options(config: GatewayConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings; a client CA makes client certificates required."""
+    if not config.certfile:
+        if config.keyfile or config.client_ca:
+            raise click.UsageError("--keyfile and --client-ca need --certfile")
+        return {}
+    for path in (config.certfile, config.keyfile, config.client_ca):
+        if path and not os.path.isfile(path):
+            raise click.UsageError(f"TLS file not found: {path}")
+    options: dict[str, Any] = {"ssl_certfile": config.certfile}
+    if config.keyfile:
+        options["ssl_keyfile"] = config.keyfile
+    if config.client_ca:
+        options["ssl_ca_certs"] = config.client_ca
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options

@@ -33,6 +33,10 @@ class GatewayConfig:
     kernelspec_dirs: list[str] = field(default_factory=list)
     ws_buffer_bytes: int = 64 * 1024 * 1024
     ws_ping_interval: float = 30.0
+    certfile: str = ""
+    keyfile: str = ""
+    client_ca: str = ""
+    """With a CA bundle, clients must present a certificate it signed."""
     ws_compression: bool = False
     replay_buffer_bytes: int = 32 * 1024 * 1024
     """Output kept per disconnected session, replayed when it reconnects (0: none)."""

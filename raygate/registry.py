@@ -14,7 +14,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import zmq.asyncio
@@ -68,7 +68,7 @@ def _observe_failures(start: Any) -> Any:
 
 def iso(ts: datetime) -> str:
     """The timestamp form jupyter_server's gateway client parses."""
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Kernel:
     handle: KernelHandle
     channels: KernelChannels
     username: str | None = None
-    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     busy_with: str = ""
@@ -308,7 +308,7 @@ class KernelRegistry:
             )
         except KernelStartError as exc:
             raise APIError(exc.status, f"Kernel {name} failed to start: {exc}") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise APIError(
                 504, f"Kernel {name} did not start within {request.launch_timeout:g}s"
             ) from None
@@ -462,7 +462,7 @@ class KernelRegistry:
 
     async def cull(self) -> list[str]:
         """Shut down kernels idle longer than the cull timeout; returns their ids."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         culled = []
         for kernel in list(self.kernels.values()):
             if kernel.busy_with:

@@ -46,7 +46,7 @@ async def drain_closed(ws: KernelWS) -> None:
     try:
         while True:
             await ws.recv(5)
-    except (websockets.ConnectionClosed, asyncio.TimeoutError):
+    except (TimeoutError, websockets.ConnectionClosed):
         pass
 
 
@@ -112,7 +112,7 @@ async def test_replay_bound_is_reported(start_server) -> None:
     try:
         while True:
             got.append(await back.recv(2))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     notices = [
         m for m in got

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import zmq
@@ -52,7 +52,7 @@ class KernelChannels:
         self.max_buffer_bytes = max_buffer_bytes
         self.session = uuid.uuid4().hex
         self.execution_state = "starting"
-        self.last_activity = datetime.now(timezone.utc)
+        self.last_activity = datetime.now(UTC)
         self.clients: dict[str, Connection] = {}
         self.messages_in = 0
         self.messages_out = 0
@@ -170,7 +170,7 @@ class KernelChannels:
 
     async def _deliver(self, message: Message) -> None:
         self.messages_out += 1
-        self.last_activity = datetime.now(timezone.utc)
+        self.last_activity = datetime.now(UTC)
         if message.channel == "iopub":
             self._iopub_seen.set()
             if message.msg_type == "status":
@@ -268,7 +268,7 @@ class KernelChannels:
                 while len(self._requester) > _MAX_PENDING:
                     self._requester.popitem(last=False)
         self.messages_in += 1
-        self.last_activity = datetime.now(timezone.utc)
+        self.last_activity = datetime.now(UTC)
         frames = to_zmq(message, self._signer)
         self.channel_messages_in[message.channel] += 1
         self.bytes_in[message.channel] += sum(map(len, frames))
@@ -303,13 +303,13 @@ class KernelChannels:
                 raise KernelNotReady("the kernel process exited")
             try:
                 reply = await self.request("shell", "kernel_info_request", {}, timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             # A reply proves the shell socket; a status on iopub proves the
             # subscription, without which the first outputs could be lost.
             try:
                 await asyncio.wait_for(self._iopub_seen.wait(), 0.25)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             return reply.content()
         raise KernelNotReady(f"the kernel did not answer within {timeout:g}s")

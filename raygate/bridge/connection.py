@@ -77,7 +77,7 @@ class Connection:
         if self._buffered >= self.max_buffer_bytes:
             try:
                 await asyncio.wait_for(self._has_room.wait(), self.stall_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning(
                     "client %s made no progress for %.0fs with %d bytes queued; disconnecting",
                     self.id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -107,7 +107,7 @@ async def _capacity(request: Request) -> dict[str, Any]:
 
 async def api_status(request: Request) -> JSONResponse:
     kernels = registry(request)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     metrics = request.app.state.metrics
     return JSONResponse(
         {
