@@ -69,6 +69,9 @@ class KernelChannels:
         self._requester: OrderedDict[str, str] = OrderedDict()
         self._internal: dict[str, asyncio.Future[Message]] = {}
         self._iopub_seen = asyncio.Event()
+        self._probes: set[str] = set()
+        """msg_ids of readiness probes: only iopub traffic *they* caused proves that our
+        subscription reaches the kernel that answers (not output of a kernel just replaced)."""
         self._notices: set[asyncio.Future] = set()
         self._send_locks = {name: asyncio.Lock() for name in _ROUTED_CHANNELS}
 
@@ -121,6 +124,7 @@ class KernelChannels:
     def expect_restart(self) -> None:
         """Forget readiness: the next :meth:`wait_for_ready` must see the new kernel."""
         self._iopub_seen.clear()
+        self._probes.clear()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         for client in list(self.clients.values()):
@@ -172,7 +176,8 @@ class KernelChannels:
         self.messages_out += 1
         self.last_activity = datetime.now(UTC)
         if message.channel == "iopub":
-            self._iopub_seen.set()
+            if self._probes and message.parent.get("msg_id") in self._probes:
+                self._iopub_seen.set()
             if message.msg_type == "status":
                 state = message.content().get("execution_state")
                 if isinstance(state, str):
@@ -276,10 +281,15 @@ class KernelChannels:
             await sock.send_multipart(frames, copy=False)
 
     async def request(
-        self, channel: str, msg_type: str, content: dict[str, Any], timeout: float
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        timeout: float,
+        message: Message | None = None,
     ) -> Message:
         """Send raygate's own request and wait for its reply (not shown to clients)."""
-        message = new_message(channel, msg_type, content, self.session)
+        message = message or new_message(channel, msg_type, content, self.session)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._internal[message.msg_id] = future
         try:
@@ -301,8 +311,10 @@ class KernelChannels:
         while time.monotonic() < deadline:
             if not await is_alive():
                 raise KernelNotReady("the kernel process exited")
+            probe = new_message("shell", "kernel_info_request", {}, self.session)
+            self._probes.add(probe.msg_id)
             try:
-                reply = await self.request("shell", "kernel_info_request", {}, timeout=0.5)
+                reply = await self.request("shell", probe.msg_type, {}, 0.5, message=probe)
             except TimeoutError:
                 continue
             # A reply proves the shell socket; a status on iopub proves the
@@ -311,5 +323,6 @@ class KernelChannels:
                 await asyncio.wait_for(self._iopub_seen.wait(), 0.25)
             except TimeoutError:
                 continue
+            self._probes.clear()
             return reply.content()
         raise KernelNotReady(f"the kernel did not answer within {timeout:g}s")
