@@ -116,15 +116,19 @@ def gateway_server() -> Iterator[ServerProcess]:
     server.stop()
 
 
-@pytest.fixture
-def gateway(gateway_server: ServerProcess) -> Iterator[Gateway]:
-    """The shared gateway; kernels a test leaves behind are shut down after it."""
-    client = gateway_server.client
+def cleaning_up(client: Gateway) -> Iterator[Gateway]:
+    """Yield ``client``; afterwards shut down the kernels started meanwhile."""
     before = {k["id"] for k in client.get("/api/kernels").json()}
     yield client
     for k in client.get("/api/kernels").json():
         if k["id"] not in before:
             client.shutdown_kernel(k["id"])
+
+
+@pytest.fixture
+def gateway(gateway_server: ServerProcess) -> Iterator[Gateway]:
+    """The shared gateway; kernels a test leaves behind are shut down after it."""
+    yield from cleaning_up(gateway_server.client)
 
 
 @pytest.fixture
@@ -188,6 +192,7 @@ async def assert_interrupts(gateway: Gateway, kernel_id: str) -> None:
         while True:
             m = await ws.recv(timeout=20)
             if m["header"]["msg_type"] == "execute_reply":
+                assert m["content"]["status"] == "error"
                 assert m["content"]["ename"] == "KeyboardInterrupt"
                 return
     finally:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import websockets
 
-from conftest import ServerProcess
+from conftest import ServerProcess, assert_interrupts
 from kernelspecs import make_test_kernelspecs
 from kgclient import Gateway, message
 
@@ -177,13 +177,7 @@ async def test_websocket_auth(server: ServerProcess, gw: Gateway) -> None:
 
 async def test_interrupt_by_message_mode(gw: Gateway) -> None:
     kernel = gw.start_kernel("by-message")
-    ws = await gw.connect(kernel["id"])
-    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
-    await asyncio.sleep(1.5)
-    assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
-    out = await asyncio.wait_for(task, 20)
-    assert out.error["ename"] == "KeyboardInterrupt"
-    await ws.close()
+    await assert_interrupts(gw, kernel["id"])
 
 
 async def test_kernel_death_is_announced_and_recovered(gw: Gateway) -> None:

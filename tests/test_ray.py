@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from conftest import ServerProcess, wait_gone
+from conftest import ServerProcess, assert_interrupts, cleaning_up, wait_gone
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
 from kgclient import Gateway, message
 
@@ -65,12 +65,7 @@ def ray_server(ray_cluster, specs: str) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def gw(ray_server: ServerProcess) -> Iterator[Gateway]:
-    client = ray_server.client
-    before = {k["id"] for k in client.get("/api/kernels").json()}
-    yield client
-    for k in client.get("/api/kernels").json():
-        if k["id"] not in before:
-            client.shutdown_kernel(k["id"])
+    yield from cleaning_up(ray_server.client)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
@@ -209,13 +204,7 @@ async def test_interrupt_keeps_state_restart_clears_it(gw: Gateway) -> None:
 
 async def test_message_mode_interrupt(gw: Gateway) -> None:
     kernel = gw.start_kernel("by-message")
-    ws = await gw.connect(kernel["id"])
-    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
-    await asyncio.sleep(1.0)
-    assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
-    out = await asyncio.wait_for(task, 20)
-    assert out.error and out.error["ename"] == "KeyboardInterrupt"
-    await ws.close()
+    await assert_interrupts(gw, kernel["id"])
 
 
 async def test_kernel_that_exits_is_restarted_in_its_actor(gw: Gateway) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from conftest import ServerProcess, wait_gone
+from conftest import ServerProcess, assert_interrupts, wait_gone
 from kernelspecs import ipykernel_argv, write_kernelspec
 from kgclient import Gateway, message
 from sshd import SSHServer
@@ -125,26 +125,8 @@ async def test_interrupt_restart_shutdown(ssh_gateway: Gateway) -> None:
     model = ssh_gateway.start_kernel("ssh-python", env={"KERNEL_REMOTE_HOST": "127.0.0.3"})
     kernel_id = model["id"]
     assert model["placement"]["host"] == "127.0.0.3"
-    ws = await ssh_gateway.connect(kernel_id)
-    assert (await ws.execute("x = 1")).status == "ok"
-    msg = message(
-        "execute_request",
-        {"code": "import time; time.sleep(60)", "silent": False, "store_history": False},
-    )
-    await ws.send(msg)
-    while True:  # wait until it is running
-        m = await ws.recv()
-        if m["header"]["msg_type"] == "execute_input":
-            break
-    await asyncio.sleep(0.3)
-    assert ssh_gateway.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
-    while True:
-        m = await ws.recv(timeout=20)
-        if m["header"]["msg_type"] == "execute_reply":
-            assert m["content"]["status"] == "error"
-            assert m["content"]["ename"] == "KeyboardInterrupt"
-            break
-    await ws.close()
+    assert (await ssh_gateway.run(kernel_id, "x = 1")).status == "ok"
+    await assert_interrupts(ssh_gateway, kernel_id)
 
     old_pid = model["placement"]["pid"]
     r = ssh_gateway.post(f"/api/kernels/{kernel_id}/restart")

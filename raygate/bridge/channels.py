@@ -54,8 +54,6 @@ class KernelChannels:
         self.execution_state = "starting"
         self.last_activity = datetime.now(UTC)
         self.clients: dict[str, Connection] = {}
-        self.messages_in = 0
-        self.messages_out = 0
         # Per channel, for /metrics (read when scraped; plain ints keep the hot path cheap).
         self.channel_messages_in = dict.fromkeys(_CHANNELS, 0)
         self.channel_messages_out = dict.fromkeys(_CHANNELS, 0)
@@ -173,10 +171,9 @@ class KernelChannels:
                 log.exception("kernel %s: failed to deliver a %s message", self.kernel_id, channel)
 
     async def _deliver(self, message: Message) -> None:
-        self.messages_out += 1
         self.last_activity = datetime.now(UTC)
         if message.channel == "iopub":
-            if self._probes and message.parent.get("msg_id") in self._probes:
+            if self._probes and message.parent_msg_id() in self._probes:
                 self._iopub_seen.set()
             if message.msg_type == "status":
                 state = message.content().get("execution_state")
@@ -272,7 +269,6 @@ class KernelChannels:
                 self._requester[message.msg_id] = client.id
                 while len(self._requester) > _MAX_PENDING:
                     self._requester.popitem(last=False)
-        self.messages_in += 1
         self.last_activity = datetime.now(UTC)
         frames = to_zmq(message, self._signer)
         self.channel_messages_in[message.channel] += 1

@@ -96,7 +96,7 @@ class SessionReplay:
 
     def keep_reply(self, message: Message) -> bool:
         """Keep a reply for a parked session; False when its session is not parked."""
-        buffer = self.parked.get(str(message.parent.get("session", "")))
+        buffer = self.parked.get(message.parent_session())
         if buffer is None:
             return False
         buffer.add(message)
