@@ -153,7 +153,8 @@ async def test_kernel_that_dies_is_restarted_through_its_bootstrap(ssh_gateway: 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         model = ssh_gateway.get(f"/api/kernels/{kernel_id}").json()
-        if model["placement"]["pid"] != old_pid:
+        # restarted, and ready: the gateway has heard the new kernel on iopub
+        if model["placement"]["pid"] != old_pid and model["execution_state"] == "idle":
             break
         await asyncio.sleep(0.2)
     assert model["placement"]["pid"] != old_pid
