@@ -30,6 +30,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from raygate.resources import ResourceRequest, format_bytes
 
 from .base import (
@@ -48,6 +50,30 @@ log = logging.getLogger("raygate.launchers.ray")
 
 _ray_lock = threading.Lock()
 _remote_class: Any = None
+EMBEDDED_RAY_GRACE = 5.0
+"""Seconds the embedded Ray's processes get to exit after ``ray.shutdown()``."""
+
+
+def _with_descendants(processes: list[psutil.Process]) -> list[psutil.Process]:
+    everything = []
+    for process in processes:
+        try:
+            everything += [process, *process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return everything
+
+
+def _reap(processes: list[psutil.Process], grace: float) -> None:
+    """SIGKILL whichever of ``processes`` is still running after ``grace`` seconds."""
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        try:
+            log.warning("ray: killing %s (pid %d), left by local Ray", process.name(), process.pid)
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
 
 
 def _actor_class() -> Any:
@@ -294,6 +320,7 @@ class RayLauncher(Launcher):
         self.warm_delay = 1.5
         self.connected = False
         self.embedded = False
+        self._ray_processes: list[psutil.Process] = []
         self.kernels_outlive_gateway = bool(address)
         self._connecting: asyncio.Lock | None = None
 
@@ -337,6 +364,7 @@ class RayLauncher(Launcher):
             handlers = {}
             if threading.current_thread() is threading.main_thread():
                 handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+            before = {child.pid for child in psutil.Process().children()}
             try:
                 self.embedded = await asyncio.to_thread(
                     connect_ray, self.address, self.namespace, **init_args
@@ -349,6 +377,10 @@ class RayLauncher(Launcher):
                     if handler is not None:
                         signal.signal(sig, handler)
             self.kernels_outlive_gateway = not self.embedded
+            if self.embedded:
+                self._ray_processes = [
+                    child for child in psutil.Process().children() if child.pid not in before
+                ]
             self.connected = True
             log.info(
                 "ray: %s in %.1fs (namespace %s; kernels %s the gateway)",
@@ -366,7 +398,11 @@ class RayLauncher(Launcher):
 
         # The embedded Ray stops here, and its kernels with it (the registry has shut them
         # down already); on a joined cluster this only disconnects, kernels keep running.
+        doomed = _with_descendants(self._ray_processes)
         await asyncio.to_thread(ray.shutdown)
+        # ray.shutdown() does not always wait for every worker of the local Ray (CI once saw
+        # two outlive the gateway): whatever the embedded Ray started must not outlive it.
+        await asyncio.to_thread(_reap, doomed, EMBEDDED_RAY_GRACE)
 
     # -- starting ----------------------------------------------------------------------
 
