@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from raygate.launchers.process import format_argv, signal_group, spawn_kernel, tail, terminate
+from raygate.launchers.keeper import KEEP_BYTES, OutputKeeper
+from raygate.launchers.process import (
+    format_argv,
+    signal_group,
+    spawn_kernel,
+    tail,
+    terminate,
+    write_connection_file,
+)
 
 EXIT_KV_NAMESPACE = "raygate-exits"
 """Ray internal-KV namespace of exit notices; keys are ``<namespace>/<kernel id>``."""
@@ -82,23 +89,25 @@ class KernelActor:
         # Every kernel process is forked from this one thread, which lives as long as the
         # actor: PR_SET_PDEATHSIG fires when the forking *thread* exits.
         self.spawner = ThreadPoolExecutor(1, thread_name_prefix="kernel-spawner")
+        self.keeper = self._start_keeper()
         self._spawn()
 
     # -- the kernel process ------------------------------------------------------
 
     def _write_connection_file(self) -> dict[str, Any]:
-        from jupyter_client.connect import write_connection_file
-
-        _, info = write_connection_file(
-            self.connection_file,
-            ip=self.node_ip,
-            key=secrets.token_hex(32).encode(),
-            transport="tcp",
-            signature_scheme="hmac-sha256",
+        # With Curve the secret key is made here and stays on this node; the gateway is
+        # given the public key only.
+        return write_connection_file(
+            self.connection_file, self.node_ip, self.meta.get("encryption") or "none"
         )
-        info = dict(info)
-        info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
-        return info
+
+    def _start_keeper(self) -> OutputKeeper | None:
+        """Keep the kernel's recent output here, for a gateway restarted after a crash."""
+        max_bytes = int(self.meta.get("keep_output_bytes", KEEP_BYTES))
+        if max_bytes <= 0:
+            return None
+        url = f"tcp://{self.node_ip}:{self.connection['iopub_port']}"
+        return OutputKeeper(url, max_bytes, self.connection.get("curve_publickey"))
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _WORKER_ONLY_ENV}
@@ -183,6 +192,12 @@ class KernelActor:
             },
         }
 
+    def assign(self, update: dict[str, Any]) -> None:
+        """Record the start request a warm kernel now serves (its user, env, working
+        directory): what later gateways read, and what a restart starts the kernel with."""
+        with self.lock:
+            self.meta = {**self.meta, **update}
+
     def poll(self) -> dict[str, Any]:
         with self.lock:
             code = self.proc.poll() if self.proc is not None else -1
@@ -202,10 +217,13 @@ class KernelActor:
         import zmq
         from jupyter_client.session import Session
 
+        from raygate.launchers.base import ConnectionInfo
+
         session = Session(key=self.connection["key"].encode())
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 1000
+        ConnectionInfo.from_dict(self.connection).secure(sock)
         try:
             sock.connect(f"tcp://{self.node_ip}:{self.connection['control_port']}")
             session.send(sock, session.msg("interrupt_request", {}))
@@ -216,7 +234,17 @@ class KernelActor:
         """A fresh kernel process on the same ports; returns :meth:`describe`."""
         self._stop()
         self._spawn()
+        if self.keeper is not None:  # the same port; the key may be new
+            url = f"tcp://{self.node_ip}:{self.connection['iopub_port']}"
+            self.keeper.retarget(url, self.connection.get("curve_publickey"))
         return self.describe()
+
+    def kept_output(self, after: list[str]) -> list[list[bytes]] | None:
+        """The kernel's iopub messages after the oldest of ``after`` still kept (all kept
+        when none is), as raw frames; None without a keeper."""
+        if self.keeper is None:
+            return None
+        return self.keeper.after(after)[0]
 
     def stop(self) -> None:
         """Stop the kernel process but keep the actor (and its resources) for a restart."""
@@ -224,6 +252,8 @@ class KernelActor:
 
     def shutdown(self) -> None:
         self._stop()
+        if self.keeper is not None:
+            self.keeper.close()
         self._clear_exit_notice()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 

@@ -20,6 +20,10 @@ Three ways in, measured alternately in short blocks so that machine noise hits t
   jupyter_server's gateway client uses;
 * ``v1``: a WebSocket with the ``v1.kernel.websocket.jupyter.org`` binary subprotocol.
 
+The clients, the cells and the turn-taking are ``raygate.bench``'s (the same as
+``raygate bench URL`` uses); this script adds the ZMQ ways in on raygate's own kernel,
+the goals and its table.
+
 Goals (issue 2): raygate's round trip within 1.25x of ZMQ's (compared at p50), its
 throughput at least half of ZMQ's, every byte delivered. Exits 1 when a goal is missed.
 
@@ -31,259 +35,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
-import itertools
 import json
 import os
-import platform
 import secrets
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import websockets
-from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
-try:  # parse JSON with the library jupyter_client's Session uses, so clients compare fairly
-    from orjson import loads
-except ImportError:
-    from json import loads
+from raygate.bench.cells import TRIVIAL
+from raygate.bench.client import GatewayClient, loads
+from raygate.bench.measure import (
+    Channel,
+    NoProgress,
+    Target,
+    WebSocketChannel,
+    measure_output,
+    measure_round_trips,
+    percentile,
+)
+from raygate.bench.runner import machine as bench_machine
+from raygate.bench.usage import UsageProbe
+from raygate.bench.zmq_baseline import ZmqChannel
 
-V1 = "v1.kernel.websocket.jupyter.org"
 MODES = ("zmq", "legacy", "v1")
 LABELS = {"zmq": "ZMQ (jupyter_client)", "legacy": "raygate legacy JSON", "v1": "raygate v1 binary"}
 RTT_GOAL = 1.25
 THROUGHPUT_GOAL = 0.5
-TRIVIAL = "pass"
 TIMEOUT = 120.0
-
-T = TypeVar("T")
-
-
-async def bounded(aw: Awaitable[T], seconds: float) -> T:
-    """``aw`` within ``seconds``, with no extra task where asyncio allows it."""
-    if hasattr(asyncio, "timeout"):  # Python 3.11+
-        async with asyncio.timeout(seconds):
-            return await aw
-    return await asyncio.wait_for(aw, seconds)
-
-
-async def answered(probe: Callable[[], Awaitable[Any]], where: str) -> None:
-    """Repeat ``probe`` (a kernel_info request) until the kernel answers one within 1 s."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            await bounded(probe(), 1.0)
-            return
-        except TimeoutError:
-            continue
-    raise RuntimeError(f"the kernel did not answer {where}")
-
-
-# -- the printed text ----------------------------------------------------------------
-
-# Run here to know what to expect and in the kernel to print it: 100-byte lines, numbered,
-# with quotes and backslashes so the JSON framing has something to escape.
-MAKE_TEXT = r"""
-def _rg_make_text(nbytes):
-    filler = '"raygate" \\ bridge benchmark ' * 8
-    lines = [f"{i:010d} {filler[i % 64:i % 64 + 88]}\n" for i in range(nbytes // 100)]
-    return "".join(lines) + "x" * (nbytes % 100)
-"""
-
-
-def make_text(nbytes: int) -> str:
-    scope: dict[str, Any] = {}
-    exec(MAKE_TEXT, scope)
-    return scope["_rg_make_text"](nbytes)
-
-
-def print_cell(chunk: int) -> str:
-    """The timed cell: print ``_rg_text``, whole or in flushed pieces of ``chunk`` bytes."""
-    if chunk <= 0:
-        return "print(_rg_text, end='')"
-    return (
-        "import sys as _rg_sys\n"
-        f"for _rg_i in range(0, len(_rg_text), {chunk}):\n"
-        f"    _rg_sys.stdout.write(_rg_text[_rg_i:_rg_i + {chunk}])\n"
-        "    _rg_sys.stdout.flush()\n"
-    )
-
-
-def execute_content(code: str) -> dict[str, Any]:
-    return {
-        "code": code,
-        "silent": False,
-        "store_history": False,
-        "user_expressions": {},
-        "allow_stdin": False,
-        "stop_on_error": True,
-    }
-
-
-# -- the three clients ------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    status: str = ""
-    stdout: list[str] = field(default_factory=list)
-
-
-class ZmqClient:
-    """Straight to the kernel's sockets with jupyter_client."""
-
-    mode = "zmq"
-
-    def __init__(self, connection_file: str) -> None:
-        self.connection_file = connection_file
-        self.kc: AsyncKernelClient | None = None
-
-    async def open(self) -> None:
-        kc = AsyncKernelClient()
-        kc.load_connection_file(self.connection_file)
-        kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-        self.kc = kc
-        # Ready once kernel_info is answered and its status reached the iopub subscription.
-        await answered(lambda: self._until(kc.kernel_info(), need_reply=True), "over ZMQ")
-
-    async def close(self) -> None:
-        if self.kc is not None:
-            self.kc.stop_channels()
-            self.kc = None
-
-    async def execute(self, code: str) -> Outcome:
-        assert self.kc is not None
-        msg_id = self.kc.execute(code, silent=False, store_history=False, allow_stdin=False)
-        return await self._until(msg_id, need_reply=True)
-
-    async def _until(self, msg_id: str, need_reply: bool) -> Outcome:
-        """Read the reply to ``msg_id`` on shell, then its iopub until idle."""
-        assert self.kc is not None
-        out = Outcome()
-        while need_reply:
-            reply = await self.kc.get_shell_msg()
-            if reply["parent_header"].get("msg_id") == msg_id:
-                out.status = reply["content"].get("status", "")
-                break
-        while True:
-            msg = await self.kc.get_iopub_msg()
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = msg["header"]["msg_type"]
-            if kind == "stream" and msg["content"]["name"] == "stdout":
-                out.stdout.append(msg["content"]["text"])
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return out
-
-
-def encode_v1(msg: dict[str, Any]) -> bytes:
-    chunks = [msg["channel"].encode()] + [
-        json.dumps(msg[key]).encode() for key in ("header", "parent_header", "metadata", "content")
-    ]
-    offsets = [8 * (len(chunks) + 2)]
-    for chunk in chunks:
-        offsets.append(offsets[-1] + len(chunk))
-    return struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets) + b"".join(chunks)
-
-
-def decode_v1(data: bytes) -> dict[str, Any]:
-    (count,) = struct.unpack_from("<Q", data)
-    offsets = struct.unpack_from(f"<{count}Q", data, 8)
-    chunks = [data[offsets[i] : offsets[i + 1]] for i in range(count - 1)]
-    msg: dict[str, Any] = {"channel": chunks[0].decode()}
-    for key, chunk in zip(("header", "parent_header", "metadata", "content"), chunks[1:5]):
-        msg[key] = loads(chunk)
-    return msg
-
-
-def decode_legacy_binary(data: bytes) -> dict[str, Any]:
-    (count,) = struct.unpack_from("!I", data)
-    offsets = list(struct.unpack_from(f"!{count}I", data, 4)) + [len(data)]
-    return loads(data[offsets[0] : offsets[1]])
-
-
-class WebSocketClient:
-    """Through raygate: one WebSocket on the kernel's channels, in either framing."""
-
-    def __init__(self, base_url: str, token: str, kernel_id: str, binary: bool) -> None:
-        self.mode = "v1" if binary else "legacy"
-        self.url = base_url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-        self.token = token
-        self.binary = binary
-        self.ws: Any = None
-        self.session = ""
-
-    async def open(self) -> None:
-        self.session = uuid.uuid4().hex
-        # No compression: jupyter_server's gateway client (tornado) asks for none either.
-        self.ws = await websockets.connect(
-            f"{self.url}?session_id={self.session}",
-            additional_headers={"Authorization": f"token {self.token}"},
-            subprotocols=[V1] if self.binary else None,
-            compression=None,
-            max_size=None,
-            ping_interval=None,
-        )
-        await answered(lambda: self._request("kernel_info_request", {}), "through raygate")
-
-    async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-            self.ws = None
-
-    async def execute(self, code: str) -> Outcome:
-        return await self._request("execute_request", execute_content(code))
-
-    async def _request(self, msg_type: str, content: dict[str, Any]) -> Outcome:
-        msg_id = uuid.uuid4().hex
-        msg = {
-            "header": {
-                "msg_id": msg_id,
-                "msg_type": msg_type,
-                "username": "bench",
-                "session": self.session,
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": content,
-            "channel": "shell",
-        }
-        await self.ws.send(encode_v1(msg) if self.binary else json.dumps(msg))
-        out = Outcome()
-        replied = idle = False
-        while not (replied and idle):
-            data = await self.ws.recv()
-            if isinstance(data, str):
-                reply = loads(data)
-            else:
-                reply = decode_v1(data) if self.binary else decode_legacy_binary(data)
-            if reply["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = reply["header"]["msg_type"]
-            if reply["channel"] == "shell":
-                out.status = reply["content"].get("status", "")
-                replied = True
-            elif kind == "stream" and reply["content"]["name"] == "stdout":
-                out.stdout.append(reply["content"]["text"])
-            elif kind == "status" and reply["content"]["execution_state"] == "idle":
-                idle = True
-        return out
-
-
-Client = ZmqClient | WebSocketClient
-
 
 # -- the gateway ---------------------------------------------------------------------
 
@@ -350,19 +137,6 @@ def raygate_connection_file(kernel_id: str) -> str | None:
 # -- measuring ------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def orders(count: int) -> list[tuple[str, ...]]:
-    """``count`` orders of the modes, cycling through every permutation."""
-    cycle = itertools.cycle(itertools.permutations(MODES))
-    return [next(cycle) for _ in range(count)]
-
-
 def process_cpu(pid: int) -> float:
     """CPU seconds a process used so far, all threads (Linux; 0 elsewhere)."""
     try:
@@ -371,6 +145,19 @@ def process_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessCpu(UsageProbe):
+    """raygate's CPU time, read from /proc, during each way in's timed part."""
+
+    available = True
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.source = f"pid {pid} (/proc)"
+
+    async def cpu_seconds(self) -> float | None:
+        return process_cpu(self.pid)
 
 
 @dataclass
@@ -384,62 +171,56 @@ class Measured:
 
 
 async def round_trips(
-    clients: dict[str, Client], measured: dict[str, Measured], rounds: int, block: int, pid: int
+    clients: dict[str, Channel], measured: dict[str, Measured], rounds: int, block: int, pid: int
 ) -> None:
-    blocks = [min(block, rounds - start) for start in range(0, rounds, block)]
-    for size, order in zip(blocks, orders(len(blocks))):
-        for mode in order:
-            client = clients[mode]
-            await client.open()
-            try:
-                for _ in range(3):  # settle the fresh connection
-                    await bounded(client.execute(TRIVIAL), TIMEOUT)
-                cpu = process_cpu(pid)
-                for _ in range(size):
-                    start = time.perf_counter()
-                    out = await bounded(client.execute(TRIVIAL), TIMEOUT)
-                    measured[mode].rtts.append(time.perf_counter() - start)
-                    if out.status != "ok":
-                        raise RuntimeError(f"{mode}: execute_reply status {out.status!r}")
-                measured[mode].rtt_gateway_cpu += process_cpu(pid) - cpu
-            finally:
-                await client.close()
+    """raygate.bench's round trips: the ways in take turns in blocks, each on a fresh
+    connection, cycling through every order."""
+    results = await measure_round_trips(
+        [clients[mode] for mode in MODES],
+        rounds,
+        block,
+        TIMEOUT,
+        NoProgress(),
+        [ProcessCpu(pid)] * len(MODES),
+    )
+    for mode, result in zip(MODES, results):
+        measured[mode].rtts += [ms / 1000 for ms in result["samples_ms"]]
+        measured[mode].rtt_gateway_cpu += result["gateway_cpu_s"]
 
 
 async def throughputs(
-    clients: dict[str, Client],
+    clients: dict[str, Channel],
     measured: dict[str, Measured],
     rounds: int,
-    cell: str,
-    expected: str,
+    mb: float,
+    chunk_kb: int,
     pid: int,
 ) -> None:
-    expected_bytes = len(expected.encode())
-    for order in orders(rounds):
-        for mode in order:
-            client = clients[mode]
-            await client.open()
-            try:
-                await bounded(client.execute(TRIVIAL), TIMEOUT)
-                cpu = process_cpu(pid)
-                start = time.perf_counter()
-                out = await bounded(client.execute(cell), TIMEOUT)
-                elapsed = time.perf_counter() - start
-                measured[mode].print_gateway_cpu += process_cpu(pid) - cpu
-            finally:
-                await client.close()
-            text = "".join(out.stdout)
-            measured[mode].prints.append(
-                {
-                    "seconds": elapsed,
-                    "mb_per_s": expected_bytes / 1e6 / elapsed,
-                    "bytes_delivered": len(text.encode()),
-                    "bytes_expected": expected_bytes,
-                    "messages": len(out.stdout),
-                    "identical": text == expected,
-                    "status": out.status,
-                }
-            )
+    """raygate.bench's output measurement: the text is built in the kernel, then each way
+    in takes its turn at the timed print, cycling through every order."""
+    results = await measure_output(
+        [clients[mode] for mode in MODES],
+        mb,
+        rounds,
+        chunk_kb,
+        TIMEOUT,
+        NoProgress(),
+        [ProcessCpu(pid)] * len(MODES),
+    )
+    for mode, result in zip(MODES, results):
+        measured[mode].print_gateway_cpu += result["gateway_cpu_s"]
+        measured[mode].prints += [
+            {
+                "seconds": run["seconds"],
+                "mb_per_s": run["mb_per_s"],
+                "bytes_delivered": run["stdout_bytes"],
+                "bytes_expected": result["bytes_expected"] // result["rounds"],
+                "messages": run["stream_messages"],
+                "identical": run["identical"],
+                "status": run["status"],
+            }
+            for run in result["runs"]
+        ]
 
 
 def summarize(measured: dict[str, Measured]) -> dict[str, dict[str, Any]]:
@@ -539,19 +320,7 @@ def table(summary: dict[str, dict[str, Any]], mb: float) -> str:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info = bench_machine()
     import jupyter_client
     import uvicorn
     import zmq
@@ -566,10 +335,9 @@ def machine() -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    nbytes = int(args.mb * 1_000_000)
-    expected = make_text(nbytes)
     gateway = Gateway()
     manager: AsyncKernelManager | None = None
+    http_clients: list[GatewayClient] = []
     try:
         gateway.wait_ready()
         kernel_id = gateway.start_kernel(args.kernel)
@@ -591,29 +359,24 @@ async def run(args: argparse.Namespace) -> int:
             )
         print(f"raygate pid {gateway.proc.pid} on {gateway.url}, kernel {kernel_id}")
         print(f"ZMQ baseline: {baseline}")
-        clients: dict[str, Client] = {
-            "zmq": ZmqClient(connection_file),
-            "legacy": WebSocketClient(gateway.url, gateway.token, kernel_id, binary=False),
-            "v1": WebSocketClient(gateway.url, gateway.token, kernel_id, binary=True),
+        legacy = GatewayClient(gateway.url, gateway.token, "legacy", TIMEOUT)
+        v1 = GatewayClient(gateway.url, gateway.token, "v1", TIMEOUT)
+        http_clients += [legacy, v1]
+        clients: dict[str, Channel] = {
+            "zmq": ZmqChannel(connection_file),
+            "legacy": WebSocketChannel(Target(LABELS["legacy"], legacy, args.kernel), kernel_id),
+            "v1": WebSocketChannel(Target(LABELS["v1"], v1, args.kernel), kernel_id),
         }
-        setup = MAKE_TEXT + f"\n_rg_text = _rg_make_text({nbytes})\n"
-        for mode in ("legacy", "zmq") if manager else ("legacy",):
-            client = clients[mode]
-            await client.open()
-            try:
-                if (await bounded(client.execute(setup), TIMEOUT)).status != "ok":
-                    raise RuntimeError("the setup cell failed")
-            finally:
-                await client.close()
         pid = gateway.proc.pid
         print(f"warming up, then {args.rounds} round trips per way in, blocks of {args.block}")
         await round_trips(clients, {mode: Measured() for mode in MODES}, 20 * len(MODES), 20, pid)
         measured = {mode: Measured() for mode in MODES}
         await round_trips(clients, measured, args.rounds, args.block, pid)
         print(f"{args.tp_rounds} prints of {args.mb:g} MB per way in")
-        cell = print_cell(args.chunk_kb * 1024)
-        await throughputs(clients, measured, args.tp_rounds, cell, expected, pid)
+        await throughputs(clients, measured, args.tp_rounds, args.mb, args.chunk_kb, pid)
     finally:
+        for client in http_clients:
+            await client.close()
         if manager is not None:
             await manager.shutdown_kernel(now=True)
         gateway.stop()

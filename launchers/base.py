@@ -12,10 +12,12 @@ restart) stays behind it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
+
+import zmq
 
 from raygate.resources import ResourceRequest
 
@@ -24,7 +26,12 @@ CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """Where a kernel's five ZMQ sockets listen and the key that signs its messages."""
+    """Where a kernel's five ZMQ sockets listen and the key that signs its messages.
+
+    ``curve_publickey`` (Z85) is set when the kernel's sockets are CurveZMQ servers: only
+    clients that know it can talk to the kernel, and all traffic is encrypted. The kernel's
+    secret key stays in its connection file on the kernel's host; it is never part of this.
+    """
 
     ip: str
     shell_port: int
@@ -35,6 +42,7 @@ class ConnectionInfo:
     key: bytes
     transport: str = "tcp"
     signature_scheme: str = "hmac-sha256"
+    curve_publickey: str | None = None
 
     def url(self, channel: str) -> str:
         port = getattr(self, f"{channel}_port")
@@ -46,7 +54,22 @@ class ConnectionInfo:
         """The connection-file form jupyter_client and ipykernel read."""
         info = asdict(self)
         info["key"] = self.key.decode()
+        if self.curve_publickey is None:
+            del info["curve_publickey"]  # a plain kernel's info keeps its usual shape
         return info
+
+    def secure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CurveZMQ client of this kernel, if the kernel requires Curve.
+
+        Call before ``connect``. Each socket gets a fresh client keypair: the kernel only
+        needs the client's public key, which the handshake carries.
+        """
+        if self.curve_publickey is None:
+            return
+        public, secret = zmq.curve_keypair()
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_serverkey = self.curve_publickey.encode()
 
     @classmethod
     def from_dict(cls, info: dict[str, Any]) -> ConnectionInfo:
@@ -61,6 +84,7 @@ class ConnectionInfo:
             key=key.encode() if isinstance(key, str) else bytes(key),
             transport=info.get("transport", "tcp"),
             signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+            curve_publickey=info.get("curve_publickey") or None,
         )
 
 
@@ -90,6 +114,11 @@ class LaunchRequest:
     cwd: str | None = None
     resources: ResourceRequest = field(default_factory=ResourceRequest)
     """The resource request (CPUs, memory, GPUs, ...) in the launcher-neutral form."""
+    encryption: str = "none"
+    """``"curve"``: the kernel side makes a CurveZMQ keypair and the kernel's sockets Curve
+    servers (see :func:`raygate.launchers.process.write_connection_file`); ``"none"``: plain."""
+    pooled: bool = False
+    """A warm kernel waiting in a gateway's pool: no user's yet, so discovery skips it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):  # e.g. read back from a record
@@ -148,6 +177,24 @@ class KernelHandle(abc.ABC):
     async def failure_reason(self) -> str:
         """A short account of why the kernel died or failed to start (e.g. a stderr tail)."""
         return ""
+
+    async def assign(self, request: LaunchRequest) -> None:
+        """Hand a warm kernel to the start ``request`` it now serves (same kernel id).
+
+        Launchers that record a kernel's request where a later gateway reads it (the Ray
+        actor) record the new one, so the user and env survive a gateway restart.
+        """
+        self.request = request
+
+    async def kept_output(self, after: Sequence[str]) -> list[list[bytes]] | None:
+        """The kernel's iopub messages kept next to it (:mod:`.keeper`), as raw ZMQ
+        frames, oldest first: those after the oldest msg_id of ``after`` still kept, or all
+        kept when none of them is. A gateway restarted after a crash replays them.
+
+        ``None`` (the default): this kernel has no keeper, e.g. local kernels, which die
+        with the gateway anyway.
+        """
+        return None
 
 
 class Launcher(abc.ABC):

@@ -10,7 +10,8 @@ this program to start one kernel where they are. It
    command line;
 2. starts the kernel as a supervised child (signals unblocked, its own session, killed
    if the bootstrap dies: :mod:`raygate.launchers.process`);
-3. opens a small control endpoint for interrupt, restart, shutdown and liveness;
+3. opens a small control endpoint for interrupt, restart, shutdown, liveness and the
+   kernel's kept output (:mod:`raygate.launchers.keeper`);
 4. reports the kernel's connection info and the control port to the gateway's report
    listener, sealed with the secret (:mod:`raygate.launchers.report`), and waits for the
    gateway's sealed acknowledgement; without one it stops the kernel and fails.
@@ -29,17 +30,20 @@ Settings: ``kernel_id``, ``secret``, ``argv`` (kernelspec argv with
 default: the address an SSH client reached, else all interfaces), ``advertise`` (address
 the gateway should use; default: the ``RAYGATE_ADVERTISE_ADDRESS`` variable, e.g. a pod's
 IP from the downward API, else this host's address), ``control_port`` (default: any free port), ``linger`` (default
-60 s), ``placement`` (echoed back in the report).
+60 s), ``placement`` (echoed back in the report), ``encryption`` (``curve``: the kernel's
+sockets are CurveZMQ servers with a keypair made here; only the public key is reported),
+``keep_output_bytes`` (bound of the kernel's recent output kept here for a gateway
+restarted after a crash, :mod:`raygate.launchers.keeper`; default 32 MiB, 0: none).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -49,9 +53,8 @@ import tempfile
 import time
 from typing import Any
 
-from jupyter_client.connect import write_connection_file
-
-from .process import format_argv, signal_group, spawn_kernel, tail, terminate
+from .keeper import KEEP_BYTES, OutputKeeper
+from .process import format_argv, signal_group, spawn_kernel, tail, terminate, write_connection_file
 from .report import (
     CONTROL,
     CONTROL_REPLY,
@@ -74,6 +77,8 @@ SECRET_ENV = "RAYGATE_KERNEL_SECRET"
 SETTINGS_ENV = "RAYGATE_BOOTSTRAP_SETTINGS"
 ADVERTISE_ENV = "RAYGATE_ADVERTISE_ADDRESS"
 REPORT_TIMEOUT = 30.0
+KEPT_PAGE_BYTES = 600_000
+"""Bytes of kept output per control reply: base64 of it must fit the channel's 1 MiB frame."""
 
 
 class BootstrapError(Exception):
@@ -148,6 +153,7 @@ class Bootstrap:
         self.done = asyncio.Event()
         self.died_at: float | None = None
         self.busy = asyncio.Lock()
+        self.keeper: OutputKeeper | None = None
 
     @property
     def control_port(self) -> int:
@@ -169,6 +175,32 @@ class Bootstrap:
             raise BootstrapError(f"could not run kernel command {argv[0]!r}: {exc}") from exc
         self.died_at = None
         log.info("kernel %s: started pid %d", self.kernel_id, self.proc.pid)
+
+    def _iopub_url(self) -> str:
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
+        return f"tcp://{host}:{self.connection['iopub_port']}"
+
+    def start_keeper(self) -> None:
+        """Keep the kernel's recent output here, for a gateway restarted after a crash."""
+        max_bytes = int(self.config.get("keep_output_bytes", KEEP_BYTES))
+        if max_bytes > 0:
+            key = self.connection.get("curve_publickey")
+            self.keeper = OutputKeeper(self._iopub_url(), max_bytes, key)
+
+    def kept_output(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One page of kept output (the control channel's frames are bounded), base64."""
+        if self.keeper is None:
+            return {"ok": False, "error": "this kernel keeps no output"}
+        after = request.get("after") or []
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            return {"ok": False, "error": "'after' must be a list of message ids"}
+        messages, complete, skipped = self.keeper.after(after, KEPT_PAGE_BYTES)
+        return {
+            "ok": True,
+            "messages": [[base64.b64encode(f).decode() for f in m] for m in messages],
+            "complete": complete,
+            "skipped": skipped,
+        }
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -197,17 +229,16 @@ class Bootstrap:
         self.server = await asyncio.start_server(
             self._serve_control, self.bind, int(self.config.get("control_port") or 0)
         )
-        _, info = write_connection_file(
-            self.connection_file,
-            ip=self.bind,
-            key=secrets.token_hex(32).encode(),
-            transport="tcp",
-        )
-        info = dict(info)
-        info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
+        try:
+            # With Curve the secret key is made here and never leaves this host.
+            info = write_connection_file(
+                self.connection_file, self.bind, self.config.get("encryption") or "none"
+            )
+        except ValueError as exc:
+            raise BootstrapError(str(exc)) from None
         info["ip"] = self.advertise
-        info.pop("kernel_name", None)
         self.connection = info
+        self.start_keeper()
         self.spawn()
         report = {
             "connection": self.connection,
@@ -283,6 +314,8 @@ class Bootstrap:
             await self.stop_kernel()
             if self.server is not None:
                 self.server.close()
+            if self.keeper is not None:
+                self.keeper.close()
 
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -319,6 +352,8 @@ class Bootstrap:
             if self.proc is not None:
                 signal_group(self.proc, signum)
             return {"ok": True}
+        if op == "kept_output":
+            return self.kept_output(request)
         if op == "restart":
             async with self.busy:
                 await self.stop_kernel()
@@ -326,6 +361,9 @@ class Bootstrap:
                     self.spawn()
                 except BootstrapError as exc:
                     return {"ok": False, "error": str(exc)}
+                if self.keeper is not None:  # same port; the key may be new
+                    key = self.connection.get("curve_publickey")
+                    self.keeper.retarget(self._iopub_url(), key)
             return {"ok": True, "connection": self.connection, "pid": self.proc.pid}
         if op == "shutdown":
             async with self.busy:

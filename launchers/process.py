@@ -1,7 +1,8 @@
 """Starting a kernel process that can be interrupted and never outlives its parent.
 
 Used wherever raygate itself spawns the kernel: the local launcher, the Ray kernel actor
-and the remote bootstrap.
+and the remote bootstrap. They also write the kernel's connection file here, so that
+CurveZMQ keys are made the same way everywhere.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+ENCRYPTIONS = ("none", "curve")
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -43,6 +48,40 @@ def format_argv(argv: Sequence[str], connection_file: str, resource_dir: str = "
         except (KeyError, IndexError, ValueError):
             out.append(arg)
     return out
+
+
+def write_connection_file(path: str, ip: str, encryption: str = "none") -> dict[str, Any]:
+    """Write a fresh connection file (free ports, a new HMAC key) for a kernel started here.
+
+    With ``encryption="curve"`` the file also holds a new CurveZMQ keypair, which makes
+    the kernel's sockets Curve servers. The secret key is made here, on the kernel's host,
+    and stays in the file (mode 0600). Returns what the gateway is told: the file's content
+    without the secret key and the kernel name, the HMAC key as text.
+    """
+    import zmq
+    from jupyter_client.connect import write_connection_file as write_file
+
+    if encryption not in ENCRYPTIONS:
+        raise ValueError(f"unknown kernel encryption {encryption!r} (known: {ENCRYPTIONS})")
+    curve: dict[str, bytes] = {}
+    if encryption == "curve":
+        if not zmq.has("curve"):
+            raise ValueError("this host's pyzmq has no CurveZMQ support (libzmq without libsodium)")
+        public, secret = zmq.curve_keypair()
+        curve = {"curve_publickey": public, "curve_secretkey": secret}
+    _, info = write_file(
+        path,
+        ip=ip,
+        key=secrets.token_hex(32).encode(),
+        transport="tcp",
+        signature_scheme="hmac-sha256",
+        **curve,
+    )
+    info = dict(info)
+    info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
+    info.pop("curve_secretkey", None)
+    info.pop("kernel_name", None)
+    return info
 
 
 def spawn_kernel(

@@ -16,6 +16,11 @@ name it in the kernelspec::
 The kernel's resource request is read as the gateway reads it, from
 ``metadata.raygate.resources`` and the ``KERNEL_*`` variables of the kernel's environment.
 A restart keeps the actor and its resources and starts a fresh kernel process in it.
+
+Kernels started this way use plain ZMQ, never CurveZMQ (``raygate serve
+--kernel-encryption curve`` does not apply here): jupyter_client's clients use the
+kernel's own keypair, secret key included, as their client keys, and raygate keeps a
+kernel's secret key on the kernel's node. Use the gateway where traffic must be encrypted.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             username=kernel_env.get("KERNEL_USERNAME") or None,
             cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
             resources=resources,
+            encryption="none",  # see the module docstring
         )
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from .base import (
     Launcher,
     LaunchRequest,
 )
+from .keeper import KEEP_BYTES
 
 if TYPE_CHECKING:
     from raygate.config import GatewayConfig
@@ -283,6 +284,9 @@ class RayKernel(KernelHandle):
             pass
         self.launcher.forget_exit(self.kernel_id)
 
+    async def kept_output(self, after: Sequence[str]) -> list[list[bytes]] | None:
+        return await self._call("kept_output", list(after), timeout=30.0)
+
     async def failure_reason(self) -> str:
         import ray
 
@@ -290,6 +294,19 @@ class RayKernel(KernelHandle):
             return await self._call("failure_reason", timeout=5.0)
         except (TimeoutError, ray.exceptions.RayActorError):
             return _death_reason(self.actor_id) or "its actor is gone"
+
+    async def assign(self, request: LaunchRequest) -> None:
+        await self._call(
+            "assign",
+            {
+                "env": dict(request.env),
+                "username": request.username,
+                "cwd": request.cwd,
+                "launch_timeout": request.launch_timeout,
+                "pooled": request.pooled,
+            },
+        )
+        self.request = request
 
 
 class RayLauncher(Launcher):
@@ -307,6 +324,7 @@ class RayLauncher(Launcher):
         auth_token_file: str = "",
         eager: bool = True,
         warm_workers: bool = True,
+        keep_output_bytes: int = KEEP_BYTES,
     ) -> None:
         self.address = address
         self.namespace = namespace
@@ -316,6 +334,8 @@ class RayLauncher(Launcher):
         self.auth_token_file = auth_token_file
         self.eager = eager
         self.warm_workers = warm_workers
+        self.keep_output_bytes = keep_output_bytes
+        """Bound of the output each kernel actor keeps for a gateway restarted after a crash."""
         self._raylets: dict[str, Any] = {}
         self.warm_delay = 1.5
         self.connected = False
@@ -335,6 +355,7 @@ class RayLauncher(Launcher):
             auth_token_file=config.ray_auth_token_file,
             # A gateway whose kernels mostly run elsewhere starts its local Ray on demand.
             eager=bool(config.ray_address) or config.default_launcher == cls.kind,
+            keep_output_bytes=config.replay_buffer_bytes,
         )
 
     # -- connection --------------------------------------------------------------------
@@ -482,6 +503,9 @@ class RayLauncher(Launcher):
             "cwd": request.cwd,
             "launch_timeout": request.launch_timeout,
             "resources": request.resources.to_dict(),
+            "encryption": request.encryption,
+            "pooled": request.pooled,
+            "keep_output_bytes": self.keep_output_bytes,
             "created": datetime.now(UTC).isoformat(),
         }
 
@@ -681,7 +705,7 @@ class RayLauncher(Launcher):
             return []
         import ray
 
-        names = sorted(await asyncio.to_thread(self._live_names) - set(known))
+        names = sorted(n for n in await asyncio.to_thread(self._live_names) if n not in known)
         if not names:
             return []
 
@@ -690,6 +714,8 @@ class RayLauncher(Launcher):
                 actor = await asyncio.to_thread(ray.get_actor, name, self.namespace)
                 # Actors still starting (or not ours) do not answer in time: next round.
                 info = await _get(actor.describe.remote(), 5.0)
+                if info["meta"].get("pooled"):
+                    return None  # a warm kernel of some gateway's pool: nobody's to serve
                 return self._handle(actor, info, _request_from_meta(info["meta"]))
             except Exception as exc:
                 log.debug("ray: actor %s not served (yet): %s", name, exc)
@@ -709,6 +735,8 @@ def _request_from_meta(meta: dict[str, Any]) -> LaunchRequest:
         username=meta.get("username"),
         cwd=meta.get("cwd"),
         resources=ResourceRequest.from_dict(meta.get("resources")),
+        encryption=meta.get("encryption") or "none",
+        pooled=bool(meta.get("pooled")),
     )
 
 

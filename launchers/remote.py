@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from .base import (
     Launcher,
     LaunchRequest,
 )
+from .keeper import message_id
 from .report import (
     ChannelError,
     ReportListener,
@@ -281,6 +283,32 @@ class RemoteKernel(KernelHandle):
             await self.launcher.force_stop(self)
         self.launcher.forget(self)
 
+    async def kept_output(self, after: Sequence[str]) -> list[list[bytes]] | None:
+        """Fetched from the bootstrap page by page (its replies are bounded in size)."""
+        messages: list[list[bytes]] = []
+        marks = list(after)
+        skipped = 0
+        while True:
+            try:
+                reply = await self.control("kept_output", timeout=30.0, after=marks)
+            except ChannelError:
+                return messages or None  # no keeper (e.g. an older bootstrap)
+            page = [[base64.b64decode(f) for f in m] for m in reply.get("messages") or []]
+            messages += page
+            skipped += int(reply.get("skipped") or 0)
+            if reply.get("complete") or not page:
+                break
+            # The next page starts after the last message of this one, which is newer than
+            # any of ``after``: if it has been let go meanwhile, so has all before it.
+            marks = [message_id(page[-1])]
+        if skipped:
+            log.warning(
+                "kernel %s: %d kept message(s) too large for the control channel were not fetched",
+                self.kernel_id,
+                skipped,
+            )
+        return messages
+
     async def failure_reason(self) -> str:
         status = self.last_status
         if not status:
@@ -380,6 +408,7 @@ class RemoteLauncher(Launcher):
             "cwd": request.cwd or "",
             "report": {"host": report_host, "port": self.listener.bound_port},
             "placement": placement or {},
+            "encryption": request.encryption,
             **extra,
         }
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -23,6 +25,7 @@ from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
 from .registry import KernelRegistry
 from .sessions import SessionStore
+from .users import UsersFile
 
 log = logging.getLogger("raygate")
 
@@ -74,6 +77,14 @@ def open_paths(config: GatewayConfig) -> list[str]:
     return paths
 
 
+def watch_sighup(users: UsersFile) -> None:
+    """Reread the users file on SIGHUP (it is also reread when it changes on disk)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, users.reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        log.info("SIGHUP cannot be watched here; the users file is reread when it changes")
+
+
 def default_launchers(config: GatewayConfig) -> dict[str, Launcher]:
     launchers: dict[str, Launcher] = {}
     for kind, cls in launcher_kinds().items():
@@ -87,6 +98,8 @@ def create_app(
     launchers: dict[str, Launcher] | None = None,
 ) -> Starlette:
     config = config or GatewayConfig()
+    # A bad users file is a ValueError here (UsersFileError), reported by `serve` as such.
+    users = UsersFile(config.users_file) if config.users_file else None
     specs = KernelSpecs(config.default_kernel_name, config.kernelspec_dirs)
     launchers = launchers if launchers is not None else default_launchers(config)
     if config.default_launcher not in launchers:
@@ -101,6 +114,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await registry.open()
+        if users is not None:
+            watch_sighup(users)
         app.state.ready = True
         log.info("raygate ready; launchers: %s", ", ".join(sorted(launchers)))
         try:
@@ -131,6 +146,8 @@ def create_app(
             TokenAuthMiddleware,
             token=config.auth_token,
             open_paths=[config.base_url + path for path in open_paths(config)],
+            users=users,
+            user_header=config.user_header,
         )
     )
 
@@ -149,5 +166,5 @@ def create_app(
     app.state.kernelspecs = specs
     app.state.registry = registry
     app.state.metrics = metrics
-    app.state.sessions = SessionStore(registry)
+    app.state.sessions = SessionStore(registry, config)
     return app

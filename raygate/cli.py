@@ -17,10 +17,13 @@ import click
 
 from raygate import __version__
 
+from .bench.command import bench
 from .config import GatewayConfig
 from .kernelspec_cli import kernelspec
+from .limits import log_capacity, raise_open_files_limit
 from .logs import configure_logging
 from .resources import parse_memory
+from .users import name_list
 
 ENV_PREFIX = "RAYGATE"
 
@@ -54,6 +57,7 @@ def main() -> None:
 
 
 main.add_command(kernelspec)
+main.add_command(bench)
 
 
 @main.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
@@ -89,6 +93,13 @@ main.add_command(kernelspec)
 )
 @_option("--default-kernel-name", default="python3", help="Kernelspec for starts that name none.")
 @_option(
+    "--prewarm",
+    default="",
+    help="Warm kernels kept ready per kernelspec, e.g. python3=2,py-gpu=1: starts that fit "
+    "one (same kernelspec, no resource overrides) get it at once; they count against "
+    "--max-kernels.",
+)
+@_option(
     "--kernel-launch-timeout",
     default=60.0,
     type=click.FloatRange(min=0, min_open=True),
@@ -110,20 +121,43 @@ main.add_command(kernelspec)
     "--cull-idle-timeout",
     default=0.0,
     type=click.FloatRange(min=0),
-    help="Shut down kernels idle this many seconds (0: never).",
+    help="Shut down idle kernels after this many seconds without a message (0: never).",
+)
+@_option(
+    "--cull-busy-timeout",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Shut down busy kernels after this many seconds without a message (0: never).",
+)
+@_option(
+    "--cull-warning",
+    default=60.0,
+    type=click.FloatRange(min=0),
+    help="Seconds before a cull that connected clients get a warning on stderr (capped to the "
+    "timeout; 0: none). Any activity after it cancels the cull.",
+)
+@_option(
+    "--restart-limit",
+    default=5,
+    type=click.IntRange(min=0),
+    help="Automatic restarts of a kernel that died before it is declared dead (0: none).",
 )
 @_option(
     "--cull-interval",
     default=300.0,
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between checks for idle kernels.",
+    help="Seconds between checks for kernels to cull (at least twice per --cull-warning).",
 )
 @_option(
     "--cull-connected/--no-cull-connected",
     default=False,
-    help="Also cull idle kernels that have clients connected.",
+    help="Also cull kernels that have clients connected.",
 )
-@_option("--cull-busy/--no-cull-busy", default=False, help="Also cull kernels that are busy.")
+@_option(
+    "--cull-busy/--no-cull-busy",
+    default=False,
+    help="Compatibility: busy kernels use --cull-idle-timeout when --cull-busy-timeout is 0.",
+)
 @_option(
     "--allowed-envs",
     default="",
@@ -183,7 +217,8 @@ main.add_command(kernelspec)
     "--state-dir",
     default="",
     help="Where remote launchers (ssh, dask) keep their kernels' reattach records "
-    "(0600 files). Default: $XDG_STATE_HOME/raygate or ~/.local/state/raygate.",
+    "(0600 files), and the gateway what each session was last sent (to replay what it "
+    "missed after a crash). Default: $XDG_STATE_HOME/raygate or ~/.local/state/raygate.",
 )
 @_option(
     "--report-ip",
@@ -361,11 +396,57 @@ main.add_command(kernelspec)
     help="The most GPUs one kernel may ask for (0: no cap).",
 )
 @_option(
+    "--users-file",
+    default="",
+    show_default=False,
+    type=click.Path(dir_okay=False),
+    help="TOML or JSON file mapping token -> username: each user's own token authenticates "
+    "and names them (reread when it changes, or on SIGHUP).",
+)
+@_option(
+    "--user-header",
+    default="",
+    show_default=False,
+    help="Header naming the user, e.g. X-Forwarded-User, set by an authenticating proxy. "
+    "Only behind a proxy that strips it from clients' requests (empty: not trusted).",
+)
+@_option("--allow-users", default="", help="Comma-separated users who may start kernels.")
+@_option("--deny-users", default="", help="Comma-separated users who may not start kernels.")
+@_option(
+    "--admin-users",
+    default="",
+    help="Comma-separated authenticated users who see and control every user's kernels.",
+)
+@_option(
+    "--max-kernels-per-user",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Most kernels one user holds, starts in flight included (0: no limit).",
+)
+@_option(
+    "--max-gpus-per-user",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Most GPUs one user's kernels ask for together (0: no cap).",
+)
+@_option(
+    "--max-memory-per-user",
+    default="0",
+    help="Most memory one user's kernels ask for together, e.g. 64Gi (0: no cap).",
+)
+@_option(
     "--discovery-interval",
     default=2.0,
     type=click.FloatRange(min=0),
     help="Seconds between looks for kernels started by other gateway replicas on the "
     "same cluster (0: never).",
+)
+@_option(
+    "--kernel-encryption",
+    default="none",
+    type=click.Choice(["none", "curve"], case_sensitive=False),
+    help="curve: encrypt kernel traffic between the gateway and kernels with CurveZMQ "
+    "(keys made on each kernel's host; the kernel must support it, as ipykernel 7.4+ does).",
 )
 @_option(
     "--log-level",
@@ -387,22 +468,32 @@ main.add_command(kernelspec)
 def serve(**options: Any) -> None:
     """Serve the Kernel Gateway API and run kernels."""
     import uvicorn
+    import zmq
 
     from .app import create_app
+    from .pool import parse_prewarm
 
     options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
     options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]
     options["ssh_hosts"] = [h.strip() for h in options["ssh_hosts"].split(",") if h.strip()]
-    if str(options["max_kernel_memory"]).strip() in ("", "0"):
-        options["max_kernel_memory"] = 0
-    else:
-        try:
-            options["max_kernel_memory"] = parse_memory(options["max_kernel_memory"])
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--max-kernel-memory") from None
+    for key in ("max_kernel_memory", "max_memory_per_user"):
+        options[key] = _memory_option(options[key], "--" + key.replace("_", "-"))
+    for key in ("allow_users", "deny_users", "admin_users"):
+        options[key] = name_list(options[key])  # a TOML list, or comma-separated
+    try:
+        options["prewarm"] = parse_prewarm(options["prewarm"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prewarm") from None
+    options["kernel_encryption"] = options["kernel_encryption"].lower()
+    if options["kernel_encryption"] == "curve" and not zmq.has("curve"):
+        raise click.BadParameter(
+            "this pyzmq has no CurveZMQ support (libzmq built without libsodium)",
+            param_hint="--kernel-encryption",
+        )
     known = {f.name for f in fields(GatewayConfig)}
     config = GatewayConfig(**{k: v for k, v in options.items() if k in known})
     configure_logging(config.log_level, config.log_format.lower())
+    log_capacity(*raise_open_files_limit())  # each kernel holds ~8 fds in the gateway
     tls = tls_options(config)
     try:
         app = create_app(config)
@@ -421,6 +512,16 @@ def serve(**options: Any) -> None:
         lifespan="on",
         **tls,
     )
+
+
+def _memory_option(value: Any, hint: str) -> int:
+    """Bytes from a size like 16Gi; 0 (or empty) means no cap."""
+    if str(value).strip() in ("", "0"):
+        return 0
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 def tls_options(config: GatewayConfig) -> dict[str, Any]:

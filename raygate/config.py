@@ -15,14 +15,24 @@ class GatewayConfig:
     max_kernels: int = 0
     """0: no limit."""
     default_kernel_name: str = "python3"
+    prewarm: dict[str, int] = field(default_factory=dict)
+    """Warm kernels to keep ready per kernelspec (``{"python3": 2}``), handed out on start
+    to requests that fit them (raygate/pool.py); they count against max_kernels."""
     kernel_launch_timeout: float = 60.0
     max_kernel_launch_timeout: float = 600.0
     default_launcher: str = "ray"
     cull_idle_timeout: float = 0.0
-    """Seconds without activity before a kernel is shut down; 0 turns culling off."""
+    """Seconds an idle kernel may go without a message before it is shut down (0: never)."""
     cull_interval: float = 300.0
+    """Seconds between checks for kernels to cull (more often when the warning needs it)."""
     cull_connected: bool = False
     cull_busy: bool = False
+    """Compatibility: busy kernels use the idle timeout, unless cull_busy_timeout is set."""
+    cull_busy_timeout: float = 0.0
+    """Seconds a busy kernel may go without a message before it is shut down (0: never)."""
+    cull_warning: float = 60.0
+    """Seconds before a cull that connected clients are warned (capped to the timeout; 0: no
+    warning). Any activity after the warning cancels the cull."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` or ``json`` (one object per line); either way records carry the kernel id."""
@@ -46,7 +56,8 @@ class GatewayConfig:
     """Automatic restarts of a kernel that died, before it is declared dead."""
     # Remote kernels (SSH, Dask): the bootstrap's report listener and reattach records.
     state_dir: str = ""
-    """Where remote launchers keep what they need to find their kernels again."""
+    """Where remote launchers keep what they need to find their kernels again, and the
+    gateway its delivery watermarks (what each session was last sent)."""
     report_ip: str = "0.0.0.0"
     report_port: int = 0
     report_address: str = ""
@@ -94,8 +105,26 @@ class GatewayConfig:
     """The most CPUs one kernel may ask for (0: no cap); likewise memory (bytes) and GPUs."""
     max_kernel_memory: int = 0
     max_kernel_gpus: float = 0.0
+    # Users: identity, who may start kernels, and per-user caps (raygate/users.py).
+    users_file: str = ""
+    """TOML or JSON file mapping token -> username: each user authenticates with their own."""
+    user_header: str = ""
+    """Header an authenticating proxy sets to the user's name (empty: none is trusted)."""
+    allow_users: list[str] = field(default_factory=list)
+    """Users who may start kernels (empty: everyone not denied)."""
+    deny_users: list[str] = field(default_factory=list)
+    admin_users: list[str] = field(default_factory=list)
+    """Authenticated users who see and control every user's kernels."""
+    max_kernels_per_user: int = 0
+    """The most kernels one user holds, starts in flight included (0: no cap)."""
+    max_gpus_per_user: float = 0.0
+    """The most GPUs one user's kernels ask for together (0: no cap); likewise memory."""
+    max_memory_per_user: int = 0
     discovery_interval: float = 2.0
     """Seconds between looks for kernels other gateway replicas started (0: never)."""
+    kernel_encryption: str = "none"
+    """``curve``: kernels started by this gateway are CurveZMQ servers (keys made on the
+    kernel's host) and the gateway talks to them as a Curve client; ``none``: plain ZMQ."""
 
     def __post_init__(self) -> None:
         base = "/" + self.base_url.strip("/")

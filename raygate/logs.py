@@ -8,7 +8,8 @@ copies it onto every record as ``record.kernel_id``; a record that names its ker
 calls themselves stay as they are.
 
 Tokens never reach the log: ``token=`` query values in URLs (uvicorn's access lines,
-WebSocket URLs) are replaced by ``[redacted]``.
+WebSocket URLs) are replaced by ``[redacted]``, and so are the values of credential headers
+(``Authorization``, ``Cookie``) that the WebSocket library logs at debug level.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ kernel_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _TOKEN_IN_URL = re.compile(r"((?:^|[?&])token=)[^&\s\"']*")
+_HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
+"""How the ``websockets`` library (under uvicorn) logs each handshake header at debug level."""
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -72,7 +76,7 @@ def redact(text: str) -> str:
 
 class KernelContextFilter(logging.Filter):
     """Adds ``kernel_id`` to every record (``None`` when it concerns no kernel) and
-    redacts tokens from URLs in the record's arguments."""
+    redacts tokens from URLs and credential headers in the record's arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "kernel_id", None) is None:
@@ -80,13 +84,26 @@ class KernelContextFilter(logging.Filter):
             if kernel_id is None:
                 kernel_id = self._named(record)
             record.kernel_id = kernel_id
-        if isinstance(record.args, tuple) and record.args:
+        if self._secret_header(record):
+            record.args = (record.args[0], "[redacted]")  # type: ignore[index]
+        elif isinstance(record.args, tuple) and record.args:
             record.args = tuple(
                 redact(a) if isinstance(a, str) and "token=" in a else a for a in record.args
             )
         elif isinstance(record.msg, str) and "token=" in record.msg:
             record.msg = redact(record.msg)
         return True
+
+    @staticmethod
+    def _secret_header(record: logging.LogRecord) -> bool:
+        args = record.args
+        return (
+            isinstance(record.msg, str)
+            and record.msg in _HEADER_LINES
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and str(args[0]).lower() in _SECRET_HEADERS
+        )
 
     @staticmethod
     def _named(record: logging.LogRecord) -> str | None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -110,6 +110,8 @@ class GatewayMetrics(RegistryObserver, Collector):
         self.kernels = kernels
         self.started_at = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
+        # The gateway's own CPU, memory and open files (process_*), as Prometheus expects.
+        ProcessCollector(registry=self.registry)
         self.start_seconds = Histogram(
             "raygate_kernel_start_seconds",
             "Seconds from a start request to a kernel that answers, by launcher and kernelspec.",
@@ -176,6 +178,17 @@ class GatewayMetrics(RegistryObserver, Collector):
         for key, n in sorted(counts.items()):
             by_state.add_metric(list(key), n)
         yield by_state
+
+        warm = GaugeMetricFamily(
+            "raygate_warm_kernels",
+            "Kernels of the warm pool (--prewarm), not yet anyone's, by kernelspec and state "
+            "(ready, starting).",
+            labels=["kernelspec", "state"],
+        )
+        for name, shelf in self.kernels.pool.status().items():
+            warm.add_metric([name, "ready"], shelf["ready"])
+            warm.add_metric([name, "starting"], shelf["starting"])
+        yield warm
 
         starting = GaugeMetricFamily(
             "raygate_kernel_starts_in_flight", "Kernel starts not finished yet."

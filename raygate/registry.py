@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import signal
 import time
 import uuid
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,15 +22,20 @@ from typing import Any
 import zmq.asyncio
 
 from raygate.launchers import KernelHandle, KernelStartError, Launcher, LaunchRequest
+from raygate.launchers.remote import default_state_dir
 
 from .bridge.channels import KernelChannels, KernelNotReady
 from .bridge.messages import new_message
+from .bridge.watermarks import Watermarks
 from .config import GatewayConfig
 from .env import parse_timeout, validate_env
 from .errors import APIError
 from .kernelspecs import KernelSpecs, NoSuchKernel
+from .limits import allow_sockets, check_room, out_of_files
 from .logs import kernel_id_var, kernel_scoped
-from .resources import InvalidResourceRequest, ResourceCaps, resource_request
+from .pool import WarmPool
+from .resources import InvalidResourceRequest, ResourceCaps, ResourceRequest, resource_request
+from .users import Usage, check_allowed, check_user_limits, claim_username
 
 log = logging.getLogger("raygate.registry")
 
@@ -36,6 +43,23 @@ LAUNCH_GRACE = 5.0
 """Seconds past the launch timeout before the registry cuts a launcher off, so that the
 launcher's own timeout, with its better message (what it waited for), comes first."""
 LOOKUP_DISCOVERY_INTERVAL = 0.5
+NO_FDS = "the gateway ran out of file descriptors"
+
+
+class _Ids(Collection[str]):
+    """Several collections of kernel ids seen as one, without copying them."""
+
+    def __init__(self, *groups: Collection[str]) -> None:
+        self.groups = groups
+
+    def __contains__(self, kernel_id: object) -> bool:
+        return any(kernel_id in group for group in self.groups)
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self.groups)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.groups))
 
 
 class RegistryObserver:
@@ -84,6 +108,10 @@ class Kernel:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     busy_with: str = ""
     """``restarting`` or ``shutting down`` while the registry works on the kernel."""
+    warm: bool = False
+    """Served from the warm pool (started before its request came)."""
+    cull_warned_at: datetime | None = None
+    """When clients were warned that the kernel is about to be culled (None: not warned)."""
 
     @property
     def interrupt_mode(self) -> str:
@@ -115,16 +143,21 @@ class KernelRegistry:
         self.launchers = launchers
         self.kernels: dict[str, Kernel] = {}
         self.zmq_context = zmq.asyncio.Context()
+        allow_sockets(self.zmq_context)  # libzmq's default of 1023 sockets is 255 kernels
         self._starting = 0
         self._last_miss_discovery = 0.0
         self._stopping: set[asyncio.Future] = set()
         self._monitor: asyncio.Task | None = None
         self._launching: set[str] = set()
         """Ids of kernels this gateway is starting (not to be "discovered" meanwhile)."""
+        self._reserved: dict[str, tuple[str | None, ResourceRequest]] = {}
+        """User and resources of each start in flight, counted in per-user limits."""
         self._gone: dict[str, None] = {}
         """Ids of kernels this gateway shut down, newest last (not to be adopted again)."""
         self._probes: set[asyncio.Task] = set()
         self.observer = RegistryObserver()
+        self.pool = WarmPool(self, config.prewarm)
+        """Ready kernels for --prewarm; not in ``kernels`` until handed out."""
 
     # -- lifecycle of the registry ---------------------------------------------
 
@@ -134,12 +167,14 @@ class KernelRegistry:
             for handle in await launcher.find_running():
                 await self._adopt(launcher, handle)
         self._monitor = asyncio.create_task(self._watch(), name="kernel-monitor")
+        self.pool.open()
 
     async def close(self) -> None:
         """Stop watching and shut down every kernel this gateway owns; kernels of
         launchers whose kernels outlive the gateway are only let go."""
         if self._monitor is not None:
             self._monitor.cancel()
+        await self.pool.close()
         await asyncio.gather(*self._stopping, return_exceptions=True)
         for task in list(self._probes):
             task.cancel()
@@ -159,7 +194,10 @@ class KernelRegistry:
 
     @kernel_scoped
     async def _adopt(self, launcher: Launcher, handle: KernelHandle) -> None:
-        channels = self._channels_for(handle)
+        channels = self._channels_for(handle, launcher)
+        # Before the first message is read: sessions a killed gateway served get what
+        # arrives from now on, and what the kernel kept, once the probe proves iopub.
+        channels.begin_recovery()
         kernel = Kernel(
             handle.kernel_id,
             handle.request.spec.name,
@@ -183,14 +221,17 @@ class KernelRegistry:
         except Exception as exc:
             log.warning("kernel %s: found, but it does not answer yet: %s", kernel.id, exc)
             return
+        finally:
+            await kernel.channels.recover(kernel.handle.kept_output)
         if kernel.channels.execution_state in ("starting", "busy"):
             kernel.channels.execution_state = "idle"
 
     async def discover(self) -> list[str]:
         """Adopt kernels that another gateway replica started; returns their ids."""
         found = []
+        # A view, not a copy: up to 10,000 gone ids, every discovery round, per launcher.
+        known = _Ids(self.kernels, self._launching, self._gone)
         for launcher in self.launchers.values():
-            known = set(self.kernels) | self._launching | set(self._gone)
             for handle in await launcher.find_new(known):
                 if handle.kernel_id in self.kernels or handle.kernel_id in self._launching:
                     continue
@@ -200,15 +241,25 @@ class KernelRegistry:
                 found.append(handle.kernel_id)
         return found
 
-    def _channels_for(self, handle: KernelHandle) -> KernelChannels:
+    def _channels_for(self, handle: KernelHandle, launcher: Launcher) -> KernelChannels:
+        watermarks = None
+        if launcher.kernels_outlive_gateway and self.config.replay_buffer_bytes > 0:
+            # What each session was handed, for the gateway that serves the kernel next.
+            root = self.config.state_dir or default_state_dir()
+            watermarks = Watermarks(root, handle.kernel_id)
         channels = KernelChannels(
             handle.kernel_id,
             handle.connection,
             self.zmq_context,
             max_buffer_bytes=self.config.ws_buffer_bytes,
             replay_bytes=self.config.replay_buffer_bytes,
+            watermarks=watermarks,
         )
-        channels.open()
+        try:
+            channels.open()
+        except BaseException:
+            channels.close_sockets()  # those it opened before it failed (out of fds)
+            raise
         return channels
 
     # -- queries ----------------------------------------------------------------
@@ -235,10 +286,20 @@ class KernelRegistry:
     def list(self) -> list[Kernel]:
         return list(self.kernels.values())
 
+    def user_usage(self, username: str | None) -> Usage:
+        """What ``username``'s live kernels and starts in flight asked for."""
+        asked = [
+            k.handle.request.resources for k in self.kernels.values() if k.username == username
+        ]
+        asked += [resources for who, resources in self._reserved.values() if who == username]
+        return Usage.of(asked)
+
     # -- starting -----------------------------------------------------------------
 
     @_observe_failures
-    async def start(self, name: str | None, env: Any) -> Kernel:
+    async def start(self, name: str | None, env: Any, user: str | None = None) -> Kernel:
+        """Start a kernel of kernelspec ``name``. ``user``: the authenticated user (users
+        file or trusted header), who overrides the request's KERNEL_USERNAME."""
         name = name or self.config.default_kernel_name
         if not isinstance(name, str):
             raise APIError(400, "'name' must be a string")
@@ -247,6 +308,7 @@ class KernelRegistry:
         except NoSuchKernel:
             raise APIError(404, f"No such kernelspec: {name}") from None
         kernel_env = validate_env(env, self.config.allowed_envs)
+        username = claim_username(kernel_env, user)
         timeout = parse_timeout(
             kernel_env.get("KERNEL_LAUNCH_TIMEOUT"),
             self.config.kernel_launch_timeout,
@@ -260,6 +322,7 @@ class KernelRegistry:
                 f"Kernelspec {name} asks for launcher {kind!r}, which this gateway does not "
                 f"run (it has: {', '.join(sorted(self.launchers))})",
             )
+        check_allowed(self.config, username, name, spec.metadata.get("raygate") or {})
         # Counted before the first await, so concurrent starts cannot overshoot the limit.
         limit = self.config.max_kernels
         if limit and len(self.kernels) + self._starting >= limit:
@@ -278,30 +341,42 @@ class KernelRegistry:
             )
         except InvalidResourceRequest as exc:
             raise APIError(400, f"Kernel {name}: bad resource request: {exc}") from None
+        check_user_limits(self.config, username, self.user_usage(username), resources)
         self._starting += 1
         kernel_id = str(uuid.uuid4())
         kernel_id_var.set(kernel_id)
         self._launching.add(kernel_id)
+        self._reserved[kernel_id] = (username, resources)  # held until it runs or fails
         try:
             request = LaunchRequest(
                 kernel_id=kernel_id,
                 spec=spec,
                 env=kernel_env,
                 launch_timeout=timeout,
-                username=kernel_env.get("KERNEL_USERNAME") or None,
+                username=username,
                 cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
                 resources=resources,
+                encryption=self.config.kernel_encryption,
             )
-            kernel = await self._launch(launcher, request)
+            kernel = await self.pool.take(request) or await self._launch(launcher, request)
         finally:
             self._starting -= 1
             self._launching.discard(kernel_id)
+            self._reserved.pop(kernel_id, None)
         self.kernels[kernel.id] = kernel
         return kernel
 
-    async def _launch(self, launcher: Launcher, request: LaunchRequest) -> Kernel:
+    async def _launch(
+        self, launcher: Launcher, request: LaunchRequest, observe: bool = True
+    ) -> Kernel:
+        """Start a kernel and wait until it answers; ``observe=False`` for the warm pool's
+        kernels, whose launch is no user's start."""
         started = time.monotonic()
         name = request.spec.name
+        # Refused while the gateway can still answer: out of descriptors, it could not.
+        full = check_room(len(self.kernels), self._starting, self.zmq_context)
+        if full:
+            raise APIError(503, f"Kernel {name} not started: {full}")
         try:
             handle = await asyncio.wait_for(
                 launcher.launch(request), request.launch_timeout + LAUNCH_GRACE
@@ -312,7 +387,17 @@ class KernelRegistry:
             raise APIError(
                 504, f"Kernel {name} did not start within {request.launch_timeout:g}s"
             ) from None
-        channels = self._channels_for(handle)
+        except OSError as exc:
+            if not out_of_files(exc):
+                raise
+            raise APIError(503, f"Kernel {name} not started: {NO_FDS} ({exc})") from None
+        try:
+            channels = self._channels_for(handle, launcher)
+        except (OSError, zmq.ZMQError) as exc:
+            await handle.shutdown()  # no kernel without its bridge
+            if not out_of_files(exc):
+                raise
+            raise APIError(503, f"Kernel {name} not started: {NO_FDS} ({exc})") from None
         remaining = request.launch_timeout - (time.monotonic() - started)
         try:
             await channels.wait_for_ready(max(remaining, 1.0), handle.is_alive)
@@ -338,7 +423,8 @@ class KernelRegistry:
         )
         if handle.created is not None:  # as the launcher recorded it, for later gateways
             kernel.created = handle.created
-        self.observer.kernel_started(kernel, time.monotonic() - started)
+        if observe:
+            self.observer.kernel_started(kernel, time.monotonic() - started)
         return kernel
 
     # -- control ------------------------------------------------------------------
@@ -381,6 +467,8 @@ class KernelRegistry:
             detail = await kernel.handle.failure_reason()
             raise APIError(500, f"Kernel {kernel.id} failed to restart: {exc}\n{detail}") from None
         log.info("kernel %s: restarted", kernel.id)
+        if kernel.warm:
+            await self.pool.reapply(kernel)
 
     @kernel_scoped
     async def shutdown(self, kernel_id: str) -> None:
@@ -416,18 +504,17 @@ class KernelRegistry:
 
     async def _watch(self) -> None:
         last_cull = last_discovery = time.monotonic()
+        cull_every = self._cull_period()
         while True:
-            await asyncio.sleep(self.config.monitor_interval)
+            # Woken often enough for the cull checks, so that a warning period is honoured.
+            await asyncio.sleep(min(self.config.monitor_interval, cull_every or float("inf")))
             try:
                 await self._check_liveness()
                 interval = self.config.discovery_interval
                 if interval > 0 and time.monotonic() - last_discovery >= interval:
                     last_discovery = time.monotonic()
                     await self.discover()
-                if (
-                    self.config.cull_idle_timeout > 0
-                    and time.monotonic() - last_cull >= self.config.cull_interval
-                ):
+                if cull_every and time.monotonic() - last_cull >= cull_every:
                     last_cull = time.monotonic()
                     await self.cull()
             except Exception:
@@ -460,23 +547,96 @@ class KernelRegistry:
         if kernel.id in self.kernels:
             await self.shutdown(kernel.id)
 
+    # -- culling ------------------------------------------------------------------
+
+    def _cull_timeouts(self) -> tuple[float, float]:
+        """Seconds without a message before an idle and a busy kernel are culled (0: never).
+        ``--cull-busy`` alone keeps its old meaning: busy kernels use the idle timeout."""
+        idle = self.config.cull_idle_timeout
+        busy = self.config.cull_busy_timeout or (idle if self.config.cull_busy else 0.0)
+        return idle, busy
+
+    def _cull_warning(self, timeout: float) -> float:
+        return min(self.config.cull_warning, timeout)
+
+    def _cull_period(self) -> float:
+        """Seconds between cull checks (0: culling is off): the cull interval, but at least
+        two checks per warning period, so that a kernel goes soon after its warning ran out."""
+        timeouts = [t for t in self._cull_timeouts() if t > 0]
+        if not timeouts:
+            return 0.0
+        period = self.config.cull_interval
+        warning = self._cull_warning(min(timeouts))
+        if warning > 0:
+            period = min(period, warning / 2)
+        return max(period, 0.1)
+
     async def cull(self) -> list[str]:
-        """Shut down kernels idle longer than the cull timeout; returns their ids."""
+        """Warn the clients of kernels that went without a message for nearly their timeout
+        (idle or busy), and shut them down once the warning period has passed with no
+        activity; returns the ids of the kernels shut down."""
+        idle_timeout, busy_timeout = self._cull_timeouts()
         now = datetime.now(UTC)
         culled = []
         for kernel in list(self.kernels.values()):
             if kernel.busy_with:
                 continue
-            if kernel.channels.clients and not self.config.cull_connected:
+            channels = kernel.channels
+            kept_by_client = bool(channels.clients) and not self.config.cull_connected
+            warned = kernel.cull_warned_at
+            if warned is not None and (channels.last_activity > warned or kept_by_client):
+                kernel.cull_warned_at = warned = None
+                log.info("kernel %s: active again after the cull warning; kept", kernel.id)
+            if kept_by_client:
                 continue
-            if kernel.channels.execution_state == "busy" and not self.config.cull_busy:
+            busy = channels.execution_state == "busy"
+            timeout = busy_timeout if busy else idle_timeout
+            if timeout <= 0:
                 continue
-            idle = (now - kernel.channels.last_activity).total_seconds()
-            if idle > self.config.cull_idle_timeout:
-                log.info("kernel %s: culled after %.0fs idle", kernel.id, idle)
-                culled.append(kernel.id)
-                try:
-                    await self.shutdown(kernel.id)
-                except APIError:
-                    pass
+            inactive = (now - channels.last_activity).total_seconds()
+            warning = self._cull_warning(timeout)
+            if warning > 0:
+                # Culled only a full warning period after the warning, however late the
+                # check that sent it came: clients always get that long to act.
+                if warned is None:
+                    if inactive >= timeout - warning:
+                        self._warn_of_cull(kernel, warning, inactive, busy)
+                        kernel.cull_warned_at = now
+                    continue
+                if (now - warned).total_seconds() < warning:
+                    continue
+            elif inactive < timeout:
+                continue
+            log.info(
+                "kernel %s: culled after %.0fs %s",
+                kernel.id,
+                inactive,
+                "busy without output" if busy else "idle",
+            )
+            culled.append(kernel.id)
+            try:
+                await self.shutdown(kernel.id)
+            except APIError:
+                pass
         return culled
+
+    def _warn_of_cull(self, kernel: Kernel, seconds: float, inactive: float, busy: bool) -> None:
+        """Tell every client, as the kernel's stderr on iopub, that the kernel is about to go.
+        Queued without waiting for room: a stuck client must not hold up the monitor."""
+        state = "busy without output" if busy else "idle"
+        text = (
+            f"raygate: this kernel will be shut down in {seconds:.0f} s because it has been "
+            f"{state} for {inactive:.0f} s; any activity keeps it running.\n"
+        )
+        channels = kernel.channels
+        message = new_message("iopub", "stream", {"name": "stderr", "text": text}, channels.session)
+        cache: dict[bool, str | bytes] = {}
+        clients = [c for c in channels.clients.values() if not c.closed]
+        for client in clients:
+            client.push_now(client.frame(message, cache), message)
+        log.info(
+            "kernel %s: to be culled in %.0fs unless active (%d client(s) warned)",
+            kernel.id,
+            seconds,
+            len(clients),
+        )

@@ -169,9 +169,20 @@ def ray_cluster() -> Iterator[object]:
     from ray_cluster import RayTestCluster
 
     cluster = RayTestCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+    except Exception:
+        # Ray sometimes gives up on a node's startup on a busy machine: once more, from clean.
+        cluster.stop()
+        try:
+            cluster.start()
+        except Exception:
+            cluster.stop()
+            raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def remote_pids(model: dict) -> list[int]:

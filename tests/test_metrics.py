@@ -33,6 +33,7 @@ async def test_metrics_follow_kernels_and_traffic(gateway: Gateway) -> None:
     assert httpx.get(gateway.url + "/metrics").status_code == 401  # the token, like the API
 
     before = scrape(gateway)
+    assert value(before, "process_resident_memory_bytes") > 10e6  # the gateway's own
     kernel = gateway.start_kernel(env={"KERNEL_USERNAME": "grace", "KERNEL_GPUS": "1"})
     assert gateway.post("/api/kernels", json={"name": "no-such-spec"}).status_code == 404
     assert gateway.post("/api/kernels", json={"env": {"KERNEL_CPUS": "lots"}}).status_code == 400

@@ -24,6 +24,7 @@ from raygate.launchers.base import ConnectionInfo
 from .connection import Connection
 from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq, zmq_parts
 from .replay import SessionReplay
+from .watermarks import Watermarks
 
 log = logging.getLogger("raygate.bridge")
 
@@ -31,6 +32,8 @@ _ROUTED_CHANNELS = ("shell", "control", "stdin")
 _CHANNELS = (*_ROUTED_CHANNELS, "iopub")
 _MAX_PENDING = 10_000
 _READ_BATCH = 32
+_RECOVERY_TRIES = 20
+_RECOVERY_PAUSE = 0.25
 
 
 class KernelNotReady(Exception):
@@ -45,9 +48,21 @@ class KernelChannels:
         context: zmq.asyncio.Context,
         max_buffer_bytes: int = 64 * 1024 * 1024,
         replay_bytes: int = 32 * 1024 * 1024,
+        watermarks: Watermarks | None = None,
     ) -> None:
         self.kernel_id = kernel_id
         self.replay = SessionReplay(replay_bytes)
+        self.watermarks = watermarks
+        """Per session, the last kernel iopub message handed to its WebSocket, kept where a
+        gateway started after this one is killed finds it (kernels that outlive us only)."""
+        self._last_iopub = ""
+        """msg_id of the kernel's latest iopub message: where a new session starts."""
+        self._recovering: dict[str, str] | None = None
+        """While output is being recovered: the sessions a gone gateway served, and their
+        watermarks; their clients wait in ``_held``."""
+        self._held: list[Connection] = []
+        self._live: list[str] = []
+        """msg_ids of the kernel's iopub messages received while recovering."""
         self.context = context
         self.max_buffer_bytes = max_buffer_bytes
         self.session = uuid.uuid4().hex
@@ -86,6 +101,7 @@ class KernelChannels:
         ):
             sock = self.context.socket(kind)
             sock.linger = 0
+            info.secure(sock)  # a Curve client when the kernel's sockets are Curve servers
             if kind == zmq.DEALER:
                 # The kernel sends input_request to the stdin socket with the shell's identity.
                 sock.setsockopt(zmq.IDENTITY, identity)
@@ -130,6 +146,10 @@ class KernelChannels:
             await client.close(code, reason)
         self.clients.clear()
         self.close_sockets()
+        if self.watermarks is not None:
+            # 1001: this gateway goes away and the kernel lives on; the next gateway takes
+            # the watermarks over. Anything else: the kernel is gone, and they with it.
+            self.watermarks.close(remove=code != 1001)
 
     # -- kernel -> clients ----------------------------------------------------
 
@@ -214,6 +234,9 @@ class KernelChannels:
         return None
 
     async def _broadcast(self, message: Message) -> None:
+        self._last_iopub = message.msg_id
+        if self._recovering is not None:
+            self._live.append(message.msg_id)
         cache: dict[bool, str | bytes] = {}
         for client in list(self.clients.values()):
             await client.put(client.frame(message, cache), message)
@@ -239,22 +262,124 @@ class KernelChannels:
 
     def attach(self, client: Connection) -> None:
         """Serve a new client; output kept for its session while it was away comes first."""
+        if self._recovering is not None and client.session_id in self._recovering:
+            self._held.append(client)  # served once what it missed is known (recover())
+            return
         if client.session_id:
             for message in self.replay.resume(client.session_id, self.session):
                 client.push_now(client.frame(message, {}), message)
         self.clients[client.id] = client
         self.clients_opened += 1
         client.on_closed = self.detach
+        self._watch_delivery(client)
         client.start()
+
+    def _watch_delivery(self, client: Connection) -> None:
+        """Record the client's session's watermark as each kernel iopub message is sent."""
+        if self.watermarks is None or not client.session_id:
+            return
+        slot = self.watermarks.connected(client.session_id, self._last_iopub)
+        if slot is None:
+            return
+        mark, own = self.watermarks.mark, self.session
+
+        def sent(message: Message) -> None:
+            # raygate's own notices (our session) are unknown to the kernel's keeper
+            if message.channel == "iopub" and message.header.get("session") != own:
+                mark(slot, message.msg_id)
+
+        client.on_sent = sent
 
     def detach(self, client: Connection) -> None:
         """Stop serving a client; if it was its session's last, keep that session's output."""
+        if client in self._held:
+            self._held.remove(client)  # its session stays parked
+            return
         if self.clients.pop(client.id, None) is None:
             return
         unsent = client.halt()
         session = client.session_id
         if session and not any(c.session_id == session for c in self.clients.values()):
             self.replay.park(session, unsent)
+            if self.watermarks is not None:
+                self.watermarks.parked(session)
+
+    # -- after a gateway restart ---------------------------------------------------
+
+    def begin_recovery(self) -> bool:
+        """Take over the sessions of a gateway that served this kernel and was killed (or
+        stopped): each is parked, so live output is kept for it from now on, and its
+        clients wait until :meth:`recover` has put what the kernel kept ahead of that.
+        Call right after :meth:`open`, before the first message is read."""
+        if self.watermarks is None or not self.replay.enabled:
+            return False
+        found = self.watermarks.take_orphans(self.replay.ttl)
+        if not found:
+            return False
+        self._recovering = {r.session: r.watermark for r in found}
+        for record in found:
+            self.replay.park(record.session, [])
+        log.info("kernel %s: recovering the output of %d session(s)", self.kernel_id, len(found))
+        return True
+
+    async def recover(
+        self, fetch: Callable[[list[str]], Awaitable[list[list[bytes]] | None]]
+    ) -> None:
+        """Seed each session of :meth:`begin_recovery` with the kernel's kept messages
+        after its watermark, then serve its waiting clients. Call once our iopub
+        subscription is proven (:meth:`wait_for_ready`): from then on the live stream and
+        the kept messages overlap, and each message is kept once, by msg_id."""
+        recovering = self._recovering
+        if recovering is None:
+            return
+        try:
+            kept = await self._fetch_kept(fetch, sorted(set(recovering.values()) - {""}))
+            for session, watermark in recovering.items():
+                if kept is not None and not self.replay.seed(session, kept, watermark):
+                    log.warning(
+                        "kernel %s: session %s: its last message is no longer kept by the "
+                        "kernel side; replaying all it keeps",
+                        self.kernel_id,
+                        session,
+                    )
+        except Exception:
+            log.exception("kernel %s: could not recover the kernel's kept output", self.kernel_id)
+        finally:
+            self._recovering = None
+            self._live = []
+            held, self._held = self._held, []
+            for client in held:
+                if not client.closed:
+                    self.attach(client)
+
+    async def _fetch_kept(
+        self, fetch: Callable[[list[str]], Awaitable[list[list[bytes]] | None]], marks: list[str]
+    ) -> list[Message] | None:
+        """The kept messages, once they reach the first one received live and all of them
+        have also arrived live (so that none arrives after the seeding)."""
+        kept: list[Message] = []
+        for _ in range(_RECOVERY_TRIES):
+            raw = await fetch(marks)
+            if raw is None:
+                return None
+            kept = []
+            for frames in raw:
+                try:
+                    kept.append(from_zmq("iopub", list(frames), self._signer))
+                except MessageError as exc:
+                    log.warning("kernel %s: dropped a bad kept message: %s", self.kernel_id, exc)
+            ids = {m.msg_id for m in kept}
+            if not self._live or not kept:
+                return kept
+            if self._live[0] in ids:  # they overlap; wait for the live side to catch up
+                for _ in range(_RECOVERY_TRIES):
+                    if kept[-1].msg_id in self._live:
+                        return kept
+                    await asyncio.sleep(_RECOVERY_PAUSE)
+                return kept
+            await asyncio.sleep(_RECOVERY_PAUSE)  # the keeper lags behind us: ask again
+        log.warning("kernel %s: kept output does not reach the live output", self.kernel_id)
+        return kept
 
     async def send(self, message: Message, client: Connection | None = None) -> None:
         """Sign and send a message to the kernel, remembering who asked."""

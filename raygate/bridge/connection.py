@@ -49,6 +49,9 @@ class Connection:
         self._sender: asyncio.Task | None = None
         self.closed = False
         self.on_closed: Callable[[Connection], None] | None = None
+        self.on_sent: Callable[[Message], None] | None = None
+        """Called with each message once the WebSocket has taken its frame (the bridge
+        records delivery watermarks with it)."""
 
     def start(self) -> None:
         self._sender = asyncio.create_task(self._send_loop(), name=f"ws-send-{self.id}")
@@ -95,12 +98,15 @@ class Connection:
             while True:
                 await self._has_frames.wait()
                 while self._frames:
-                    frame, size, self._in_flight = self._frames.popleft()
+                    frame, size, message = self._frames.popleft()
+                    self._in_flight = message
                     if isinstance(frame, str):
                         await self.websocket.send({"type": "websocket.send", "text": frame})
                     else:
                         await self.websocket.send({"type": "websocket.send", "bytes": frame})
                     self._in_flight = None
+                    if message is not None and self.on_sent is not None:
+                        self.on_sent(message)
                     self._buffered -= size
                     if self._buffered < self.max_buffer_bytes:
                         self._has_room.set()

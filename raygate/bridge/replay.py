@@ -6,6 +6,10 @@ meantime — iopub output and the replies to its requests — is kept here, boun
 and handed to the next connection with the same ``session_id``, in order and once.
 Frames still queued for the old connection when it closed are kept too, so a reconnect
 neither loses nor repeats them.
+
+A gateway that is killed loses this memory; the kernel side keeps its recent output too
+(:mod:`raygate.launchers.keeper`), and the next gateway seeds each session it finds in
+the delivery watermarks (:mod:`.watermarks`) with what came after its watermark.
 """
 
 from __future__ import annotations
@@ -101,6 +105,31 @@ class SessionReplay:
             return False
         buffer.add(message)
         return True
+
+    def seed(self, session_id: str, kept: list[Message], watermark: str) -> bool:
+        """Put the kernel's kept messages after ``watermark`` ahead of what is parked for
+        ``session_id`` (after a gateway restart: what the session missed while no gateway
+        ran), each message once. ``kept`` must reach up to what was parked (the caller
+        checks); a watermark the kernel side no longer keeps takes all of ``kept``.
+        Returns False when that watermark was not found (some output may be lost)."""
+        buffer = self.parked.get(session_id)
+        if buffer is None:
+            return True
+        ids = [m.msg_id for m in kept]
+        found = not watermark or watermark in ids
+        start = ids.index(watermark) + 1 if watermark and found else 0
+        seeded = ReplayBuffer(buffer.max_bytes)
+        seeded.parked_at = buffer.parked_at
+        for message in kept[start:]:
+            seeded.add(message)
+        known = set(ids)
+        for message, _ in buffer.messages:
+            if message.msg_id not in known:
+                seeded.add(message)
+        seeded.dropped_messages += buffer.dropped_messages
+        seeded.dropped_bytes += buffer.dropped_bytes
+        self.parked[session_id] = seeded
+        return found
 
     def resume(self, session_id: str, kernel_session: str) -> list[Message]:
         """The messages to send, in order, to a new connection of ``session_id``."""

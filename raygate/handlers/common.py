@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from raygate.config import GatewayConfig
 from raygate.errors import APIError
 from raygate.registry import Kernel, KernelRegistry
+from raygate.users import authenticated_user, may_see
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -28,14 +29,24 @@ def url(conn: HTTPConnection, path: str) -> str:
     return config(conn).base_url + path.lstrip("/")
 
 
+def sees(conn: HTTPConnection, kernel: Kernel) -> bool:
+    """Whether the request's user may see (and control) the kernel: their own, or any when
+    the request names no particular user or an admin."""
+    return may_see(config(conn), authenticated_user(conn), kernel.username)
+
+
 async def find_kernel(conn: HTTPConnection) -> Kernel:
-    """The kernel named in the path; 404 for unknown and malformed ids alike."""
+    """The kernel named in the path; 404 for unknown and malformed ids alike, and for
+    another user's kernel (whose existence is not revealed)."""
     kernel_id = conn.path_params["kernel_id"]
     try:
         uuid.UUID(kernel_id)
     except ValueError:
         raise APIError(404, f"Kernel does not exist: {kernel_id}") from None
-    return await registry(conn).lookup(kernel_id)
+    kernel = await registry(conn).lookup(kernel_id)
+    if not sees(conn, kernel):
+        raise APIError(404, f"Kernel does not exist: {kernel_id}")
+    return kernel
 
 
 async def json_body(request: Request, required: bool = False) -> dict[str, Any]:

@@ -5,16 +5,20 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .common import find_kernel, json_body, registry, url
+from raygate.users import authenticated_user
+
+from .common import find_kernel, json_body, registry, sees, url
 
 
 async def list_kernels(request: Request) -> JSONResponse:
-    return JSONResponse([kernel.model() for kernel in registry(request).list()])
+    kernels = [kernel for kernel in registry(request).list() if sees(request, kernel)]
+    return JSONResponse([kernel.model() for kernel in kernels])
 
 
 async def start_kernel(request: Request) -> JSONResponse:
     body = await json_body(request)
-    kernel = await registry(request).start(body.get("name"), body.get("env"))
+    user = authenticated_user(request)
+    kernel = await registry(request).start(body.get("name"), body.get("env"), user=user)
     return JSONResponse(
         kernel.model(),
         status_code=201,

@@ -1,4 +1,4 @@
-"""``/api/sessions``."""
+"""``/api/sessions``: each request acts as its user (see raygate/sessions.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from raygate.sessions import SessionStore
+from raygate.users import authenticated_user
 
 from .common import json_body, url
 
@@ -16,12 +17,13 @@ def _store(request: Request) -> SessionStore:
 
 async def list_sessions(request: Request) -> JSONResponse:
     store = _store(request)
-    return JSONResponse([store.model(s) for s in store.list()])
+    return JSONResponse([store.model(s) for s in store.list(authenticated_user(request))])
 
 
 async def create_session(request: Request) -> JSONResponse:
     store = _store(request)
-    session = await store.create(await json_body(request, required=True))
+    body = await json_body(request, required=True)
+    session = await store.create(body, authenticated_user(request))
     return JSONResponse(
         store.model(session),
         status_code=201,
@@ -31,16 +33,18 @@ async def create_session(request: Request) -> JSONResponse:
 
 async def get_session(request: Request) -> JSONResponse:
     store = _store(request)
-    return JSONResponse(store.model(store.get(request.path_params["session_id"])))
+    session = store.get(request.path_params["session_id"], authenticated_user(request))
+    return JSONResponse(store.model(session))
 
 
 async def update_session(request: Request) -> JSONResponse:
     store = _store(request)
     body = await json_body(request, required=True)
-    session = await store.update(request.path_params["session_id"], body)
+    user = authenticated_user(request)
+    session = await store.update(request.path_params["session_id"], body, user)
     return JSONResponse(store.model(session))
 
 
 async def delete_session(request: Request) -> Response:
-    await _store(request).delete(request.path_params["session_id"])
+    await _store(request).delete(request.path_params["session_id"], authenticated_user(request))
     return Response(status_code=204)

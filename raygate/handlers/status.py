@@ -22,7 +22,7 @@ from raygate.metrics import kernel_gpus, kernel_state
 from raygate.openapi import openapi_spec
 from raygate.registry import Kernel, iso
 
-from .common import config, registry
+from .common import config, registry, sees
 
 log = logging.getLogger("raygate.status")
 
@@ -76,6 +76,7 @@ def kernel_row(kernel: Kernel, now: datetime) -> dict[str, Any]:
         "connections": len(kernel.channels.clients),
         "created": iso(kernel.created),
         "restarts": kernel.restarts,
+        "warm": kernel.warm,
     }
 
 
@@ -111,8 +112,9 @@ async def api_status(request: Request) -> JSONResponse:
     metrics = request.app.state.metrics
     return JSONResponse(
         {
-            "kernels": [kernel_row(k, now) for k in kernels.list()],
+            "kernels": [kernel_row(k, now) for k in kernels.list() if sees(request, k)],
             "capacity": await _capacity(request),
+            "pool": kernels.pool.status(),  # warm kernels: not users', so not in "kernels"
             "gateway": {
                 "version": __version__,
                 "uptime": time.time() - metrics.started_at,

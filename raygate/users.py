@@ -1,0 +1,247 @@
+"""Who a request comes from, and what that user may start.
+
+A request's user is, strongest first: the owner of a per-user token from the users file,
+the user a trusted header names (set by an authenticating proxy), else the start request's
+``KERNEL_USERNAME``. Only the first two authenticate; ``KERNEL_USERNAME`` is whatever the
+client says, so it names a user for the kernel but never grants access to anyone's kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from .config import GatewayConfig
+from .errors import APIError
+from .resources import ResourceRequest, format_bytes
+
+log = logging.getLogger("raygate.users")
+
+USER_SCOPE_KEY = "raygate.user"
+"""Where the auth middleware puts the authenticated user on the ASGI scope."""
+RELOAD_CHECK_INTERVAL = 1.0
+"""Seconds between looks at the users file's modification time."""
+
+
+class UsersFileError(ValueError):
+    """A users file that cannot be read or does not map tokens to usernames."""
+
+
+def _digest(token: str) -> bytes:
+    # Looked up by digest: a dict lookup by the token itself could leak, by its timing,
+    # how much of a guessed token is right.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def read_users_file(path: str) -> dict[str, str]:
+    """Token -> username from a TOML or JSON file (``.json``: JSON, else TOML)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise UsersFileError(f"cannot read users file {path}: {exc}") from None
+    try:
+        data = json.loads(raw) if path.endswith(".json") else tomllib.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsersFileError(f"users file {path} is malformed: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsersFileError(f"users file {path} must map tokens to usernames")
+    users = {}
+    for token, name in data.items():
+        if not isinstance(name, str) or not name.strip() or not token.strip():
+            raise UsersFileError(
+                f'users file {path}: every entry must be "token" = "username" (both non-empty)'
+            )
+        users[token.strip()] = name.strip()
+    return users
+
+
+class UsersFile:
+    """The users file, reread when it changes on disk or when :meth:`reload` is called
+    (on SIGHUP). A file that turns bad keeps the users last read, with an error logged."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._by_digest: dict[bytes, str] = {}
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self._load()  # a bad file at startup is the operator's to fix: raise
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def _load(self) -> None:
+        stamp = self._file_stamp()
+        users = read_users_file(self.path)
+        self._by_digest = {_digest(token): name for token, name in users.items()}
+        self._stamp = stamp
+        log.info("users file %s: %d token(s)", self.path, len(users))
+
+    def reload(self) -> None:
+        with self._lock:
+            try:
+                self._load()
+            except UsersFileError as exc:
+                log.error("%s; keeping the %d token(s) read before", exc, len(self._by_digest))
+                self._stamp = self._file_stamp()  # do not retry until it changes again
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < RELOAD_CHECK_INTERVAL:
+            return
+        self._checked = now
+        if self._file_stamp() != self._stamp:
+            self.reload()
+
+    def user_for(self, token: str) -> str | None:
+        """The user whose token this is; None when it is nobody's."""
+        self._reload_if_changed()
+        return self._by_digest.get(_digest(token))
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+
+def header_user(scope: Scope, header: str) -> str | None:
+    """The user a trusted proxy's header names, if the request has it."""
+    wanted = header.lower().encode("latin-1")
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1").strip() or None
+    return None
+
+
+def authenticated_user(conn: HTTPConnection) -> str | None:
+    """The user the request's token or trusted header names; None: no particular user (the
+    static token, or no auth), who sees every kernel as in a single-user gateway."""
+    return conn.scope.get(USER_SCOPE_KEY)
+
+
+def may_see(config: GatewayConfig, viewer: str | None, owner: str | None) -> bool:
+    """Whether ``viewer`` (an authenticated user, or None) may see a kernel of ``owner``."""
+    return viewer is None or viewer == owner or viewer in config.admin_users
+
+
+def claim_username(env: dict[str, str], user: str | None) -> str | None:
+    """The kernel's user: the authenticated ``user``, who overrides whatever
+    ``KERNEL_USERNAME`` the request sent (so nobody starts kernels as someone else), else
+    the request's ``KERNEL_USERNAME``. ``env`` is updated to pass it to the kernel."""
+    if user is None:
+        return env.get("KERNEL_USERNAME") or None
+    claimed = env.get("KERNEL_USERNAME")
+    if claimed and claimed != user:
+        log.info("start request by %s named KERNEL_USERNAME=%s; using %s", user, claimed, user)
+    env["KERNEL_USERNAME"] = user
+    return user
+
+
+def name_list(value: Any) -> list[str]:
+    """Usernames from a list or a comma-separated string."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return [str(items).strip()]
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _who(username: str | None) -> str:
+    return f"User {username!r}" if username else "A request with no user"
+
+
+def check_allowed(
+    config: GatewayConfig, username: str | None, spec_name: str, metadata: dict[str, Any]
+) -> None:
+    """403 unless ``username`` may start kernels of this kernelspec: the global deny and
+    allow lists, then the kernelspec's ``metadata.raygate.deny_users`` / ``allow_users``."""
+    rules = (
+        (config.deny_users, config.allow_users, "this gateway's"),
+        (name_list(metadata.get("deny_users")), name_list(metadata.get("allow_users")), "its"),
+    )
+    for deny, allow, whose in rules:
+        if username and username in deny:
+            raise APIError(
+                403,
+                f"{_who(username)} may not start kernelspec {spec_name!r}: "
+                f"the user is in {whose} deny list",
+            )
+        if allow and username not in allow:
+            reason = (
+                "the user is not in"
+                if username
+                else "no user is known (no per-user token, user header or KERNEL_USERNAME) for"
+            )
+            raise APIError(
+                403,
+                f"{_who(username)} may not start kernelspec {spec_name!r}: "
+                f"{reason} {whose} allow list",
+            )
+
+
+@dataclass
+class Usage:
+    """What one user's kernels (live and starting) asked for, summed."""
+
+    kernels: int = 0
+    gpus: float = 0.0
+    memory: int = 0
+
+    @classmethod
+    def of(cls, requests: Iterable[ResourceRequest]) -> Usage:
+        usage = cls()
+        for request in requests:
+            usage.kernels += 1
+            usage.gpus += request.gpus or 0.0
+            usage.memory += request.memory or 0
+        return usage
+
+
+def _plural(amount: float, word: str) -> str:
+    return f"{amount:g} {word}" + ("" if amount == 1 else "s")
+
+
+def check_user_limits(
+    config: GatewayConfig, username: str | None, held: Usage, asked: ResourceRequest
+) -> None:
+    """403 when one more kernel asking for ``asked`` takes ``username`` past a per-user cap.
+    Requests with no user have no per-user limits (``--max-kernels`` still holds)."""
+    if not username:
+        return
+    who = f"user {username!r}"
+    cap = config.max_kernels_per_user
+    if cap and held.kernels + 1 > cap:
+        raise APIError(
+            403,
+            f"Per-user kernel limit reached: {who} holds {_plural(held.kernels, 'kernel')} "
+            f"(starts in flight included), at most {cap} per user",
+        )
+    cap_gpus = config.max_gpus_per_user
+    if cap_gpus and asked.gpus and held.gpus + asked.gpus > cap_gpus:
+        raise APIError(
+            403,
+            f"Per-user GPU limit reached: {who} holds {_plural(held.gpus, 'GPU')} and asks for "
+            f"{asked.gpus:g} more, at most {_plural(cap_gpus, 'GPU')} per user",
+        )
+    cap_memory = config.max_memory_per_user
+    if cap_memory and asked.memory and held.memory + asked.memory > cap_memory:
+        raise APIError(
+            403,
+            f"Per-user memory limit reached: {who} holds {format_bytes(held.memory)} and asks "
+            f"for {format_bytes(asked.memory)} more, at most {format_bytes(cap_memory)} per user",
+        )

@@ -1,0 +1,139 @@
+"""SIGKILL the gateway while a cell prints, start another: the client gets every line once.
+
+Kernels outlive the gateway on a Ray cluster (the session's real two-node one); the
+kernel actor keeps the kernel's recent output (launchers/keeper.py) and the gateway keeps
+per session the last message it handed over (raygate/bridge/watermarks.py, in
+``--state-dir``). The gateway that starts next replays to each session what it missed.
+The same with kernels started over SSH, where the bootstrap keeps the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from test_nothing_lost import COUNTING, drain_closed, line_numbers, read_until_idle
+from test_ray import ray_args
+from test_ssh import gateway_args as ssh_gateway_args
+
+from conftest import ServerProcess, wait_gone
+from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
+from kgclient import KernelWS, message
+
+LINES = 80
+
+
+class Gateways:
+    """Gateways started one after another with the same settings (one state dir), so
+    each finds the kernels of the one before; SIGKILL-able; cleaned up after the test."""
+
+    def __init__(self, args: list[str], env: dict[str, str], kernelspec: str) -> None:
+        self.args = args
+        self.env = env
+        self.kernelspec = kernelspec
+        self.servers: list[ServerProcess] = []
+
+    def start(self) -> ServerProcess:
+        server = ServerProcess(self.args, env=self.env)
+        self.servers.append(server)
+        server.wait_ready(120)
+        return server
+
+    def stop(self) -> None:
+        last = self.servers[-1] if self.servers else None
+        if last is not None and last.proc.poll() is None:
+            for kernel in last.client.get("/api/kernels").json():
+                last.client.shutdown_kernel(kernel["id"])
+        for server in self.servers:
+            server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_gateways(ray_cluster, tmp_path, tmp_path_factory) -> Iterator[Gateways]:
+    specs = make_test_kernelspecs(str(tmp_path_factory.mktemp("crash-specs")))
+    namespace = f"rg-crash-{uuid.uuid4().hex[:8]}"
+    args = ray_args(ray_cluster, namespace, specs, "--state-dir", str(tmp_path / "state"))
+    gateways = Gateways(args, ray_cluster.env(), "python3")
+    yield gateways
+    gateways.stop()
+    assert ray_cluster.wait_actors(namespace, set(), timeout=15) == {}
+
+
+@pytest.fixture
+def ssh_gateways(sshd, tmp_path) -> Iterator[Gateways]:
+    """The bootstrap's side: kernels started over SSH (tests/sshd.py) outlive the gateway."""
+    specs = str(tmp_path / "specs")
+    write_kernelspec(
+        specs, "ssh-python", ipykernel_argv(), metadata={"raygate": {"launcher": "ssh"}}
+    )
+    args = ssh_gateway_args(sshd, specs, str(tmp_path / "state"))
+    gateways = Gateways(args, {}, "ssh-python")
+    yield gateways
+    gateways.stop()
+
+
+@pytest.fixture(params=["ray", "ssh"])
+def gateways(request) -> Gateways:
+    return request.getfixturevalue(f"{request.param}_gateways")
+
+
+def exactly_once(first: KernelWS, second: KernelWS) -> tuple[list[int], str]:
+    got = line_numbers(first.received) + line_numbers(second.received)
+    lost = sorted(set(range(LINES)) - set(got))
+    duplicated = len(got) - len(set(got))
+    report = (
+        f"lost {len(lost)} {lost}, duplicated {duplicated}; before the kill "
+        f"{line_numbers(first.received)}, after {line_numbers(second.received)}"
+    )
+    return got, report
+
+
+async def start_counting(
+    server: ServerProcess, kernelspec: str, session: str
+) -> tuple[dict, KernelWS, str]:
+    kernel = server.client.start_kernel(kernelspec)
+    ws = await server.client.connect(kernel["id"], session=session)
+    request = message("execute_request", {"code": COUNTING.format(n=LINES, pause=0.1)})
+    await ws.send(request)
+    while len(line_numbers(ws.received)) < 20:
+        await ws.recv(60)
+    return kernel, ws, request["header"]["msg_id"]
+
+
+async def test_sigkill_while_connected_loses_and_repeats_nothing(gateways: Gateways) -> None:
+    first = gateways.start()
+    kernel, ws, msg_id = await start_counting(first, gateways.kernelspec, "nb-crash")
+    # Between two lines (they come 0.1 s apart), not the instant one arrives: a kill
+    # between writing a frame and recording it would repeat that one message (the
+    # watermark errs towards repeating, never towards losing).
+    await asyncio.sleep(0.05)
+    first.stop(signal.SIGKILL)
+    await drain_closed(ws)  # what reached the client before the gateway died
+    second = gateways.start()
+    back = await second.client.connect(kernel["id"], session="nb-crash")
+    await read_until_idle(back, msg_id, timeout=120)
+    got, report = exactly_once(ws, back)
+    assert got == list(range(LINES)), report
+    await back.close()
+    second.client.shutdown_kernel(kernel["id"])
+    assert wait_gone([kernel["placement"]["pid"]]) == []
+
+
+async def test_sigkill_while_disconnected_loses_and_repeats_nothing(gateways: Gateways) -> None:
+    first = gateways.start()
+    kernel, ws, msg_id = await start_counting(first, gateways.kernelspec, "nb-away")
+    await ws.close()  # the client goes first; the gateway keeps its output in memory ...
+    await drain_closed(ws)
+    await asyncio.sleep(1.5)  # ... while the cell prints on ...
+    first.stop(signal.SIGKILL)  # ... and that memory is gone
+    second = gateways.start()
+    back = await second.client.connect(kernel["id"], session="nb-away")
+    await read_until_idle(back, msg_id, timeout=120)
+    got, report = exactly_once(ws, back)
+    assert got == list(range(LINES)), report
+    await back.close()
+    second.client.shutdown_kernel(kernel["id"])
+    assert wait_gone([kernel["placement"]["pid"]]) == []

@@ -1,0 +1,120 @@
+"""Many kernels through one gateway: each answers, all go, and the open-files limit holds.
+
+benchmarks/many_kernels.py measures the costs; these tests check what users see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+
+import httpx
+import psutil
+import pytest
+
+from conftest import ServerProcess, wait_gone
+from kgclient import Gateway
+
+pytestmark = pytest.mark.timeout(300)
+
+KERNELS = 30
+
+
+async def start_many(server: ServerProcess, count: int, batch: int = 6) -> list[dict]:
+    """Start ``count`` kernels, ``batch`` at a time, as several notebook users would."""
+    headers = {"Authorization": f"token {server.token}"}
+    models: list[dict] = []
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=240) as http:
+        for first in range(0, count, batch):
+            replies = await asyncio.gather(
+                *(
+                    http.post("/api/kernels", json={"name": "python3"})
+                    for _ in range(min(batch, count - first))
+                )
+            )
+            for r in replies:
+                assert r.status_code == 201, r.text
+                models.append(r.json())
+    return models
+
+
+async def answers(client: Gateway, kernel_id: str, n: int) -> str:
+    return (await client.run(kernel_id, f"print({n} * 2)")).stdout
+
+
+def released(process: psutil.Process, fds: int, timeout: float = 15) -> bool:
+    """Whether ``process`` holds at most ``fds`` descriptors within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while process.num_fds() > fds:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_thirty_kernels_each_answer_and_all_go(start_server) -> None:
+    server = start_server("--default-launcher", "local")
+    gateway = psutil.Process(server.proc.pid)
+    fds_before = gateway.num_fds()
+    models = asyncio.run(start_many(server, KERNELS))
+    ids = [m["id"] for m in models]
+    assert len(set(ids)) == KERNELS
+    listed = {k["id"]: k for k in server.client.get("/api/kernels").json()}
+    assert set(listed) == set(ids)
+    assert all(listed[i]["execution_state"] == "idle" for i in ids)
+
+    async def ask_all() -> list[str]:
+        return await asyncio.gather(*(answers(server.client, i, n) for n, i in enumerate(ids)))
+
+    assert asyncio.run(ask_all()) == [f"{n * 2}\n" for n in range(KERNELS)]
+
+    pids = server.kernel_pids()
+    assert len(pids) >= KERNELS
+    for kernel_id in ids:
+        assert server.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
+    assert server.client.get("/api/kernels").json() == []
+    assert wait_gone(pids) == []
+    # Every kernel's sockets were closed: what the gateway holds now beyond what it held
+    # before is libzmq's own (its I/O and reaper threads start with the first socket: 5),
+    # less than one kernel's 8, where a leak of one socket per kernel would be 30 or more.
+    assert released(gateway, fds_before + 7)
+
+
+def test_start_refused_near_the_open_files_limit(start_server) -> None:
+    server = start_server("--default-launcher", "local")
+    gateway = psutil.Process(server.proc.pid)
+    # Leave room for two kernels (8 descriptors each) above the 64 kept for clients.
+    limit = gateway.num_fds() + 64 + 2 * 8 + 4
+    _, hard = resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, (limit, hard))
+    started: list[str] = []
+    refused = None
+    for _ in range(6):
+        r = server.client.post("/api/kernels", json={"name": "python3"})
+        if r.status_code != 201:
+            refused = r
+            break
+        started.append(r.json()["id"])
+    assert refused is not None, "no start was refused"
+    assert refused.status_code == 503
+    body = refused.json()
+    assert body["reason"] == "Service Unavailable"
+    assert "open-files limit" in body["message"]
+    assert f"of {limit} in use" in body["message"]
+    assert 1 <= len(started) <= 3
+    # The gateway goes on serving: the kernels it holds answer, and a kernel shut down
+    # makes room for the next start.
+    assert server.client.get("/api/kernels").status_code == 200
+    assert asyncio.run(answers(server.client, started[0], 21)) == "42\n"
+    pids = server.kernel_pids()
+    held = gateway.num_fds()
+    server.client.shutdown_kernel(started.pop())
+    # libzmq's I/O thread closes a socket's descriptors just after the socket is closed.
+    assert released(gateway, held - 8)
+    r = server.client.post("/api/kernels", json={"name": "python3"})
+    assert r.status_code == 201, r.text
+    started.append(r.json()["id"])
+    for kernel_id in started:
+        server.client.shutdown_kernel(kernel_id)
+    assert wait_gone(pids + server.kernel_pids()) == []
