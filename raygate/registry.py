@@ -44,6 +44,8 @@ LAUNCH_GRACE = 5.0
 launcher's own timeout, with its better message (what it waited for), comes first."""
 LOOKUP_DISCOVERY_INTERVAL = 0.5
 NO_FDS = "the gateway ran out of file descriptors"
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 3
 
 
 class _Ids(Collection[str]):
@@ -367,10 +369,14 @@ class KernelRegistry:
         return kernel
 
     async def _launch(
-        self, launcher: Launcher, request: LaunchRequest, observe: bool = True
+        self, launcher: Launcher, request: LaunchRequest, observe: bool = True, attempt: int = 1
     ) -> Kernel:
         """Start a kernel and wait until it answers; ``observe=False`` for the warm pool's
-        kernels, whose launch is no user's start."""
+        kernels, whose launch is no user's start.
+
+        Kernels are given free ports to bind, which another process may take first (any
+        outgoing connection's source port): such a kernel is started again, with new ports.
+        """
         started = time.monotonic()
         name = request.spec.name
         # Refused while the gateway can still answer: out of descriptors, it could not.
@@ -407,6 +413,9 @@ class KernelRegistry:
             reason = await handle.failure_reason()
             channels.close_sockets()
             await handle.shutdown()
+            if status == 500 and PORT_TAKEN in reason and attempt < PORT_ATTEMPTS:
+                log.warning("kernel %s: a port it was given was taken first; again", name)
+                return await self._launch(launcher, request, observe, attempt + 1)
             detail = f"{exc}" + (f"\n{reason}" if reason else "")
             raise APIError(status, f"Kernel {name} failed to start: {detail}") from None
         if channels.execution_state in ("starting", "busy"):

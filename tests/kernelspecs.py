@@ -48,4 +48,27 @@ def make_test_kernelspecs(root: str) -> str:
             "{connection_file}",
         ],
     )
+    # The first start finds its shell port taken (a process of this script holds it, as
+    # any other process could between the gateway choosing the port and the kernel binding
+    # it); later starts are plain ipykernels.
+    taken_once = os.path.join(root, "port-taken-once")
+    write_kernelspec(
+        root,
+        "port-taken",
+        [
+            sys.executable,
+            "-c",
+            "import json, os, socket, sys\n"
+            f"if not os.path.exists({taken_once!r}):\n"
+            f"    open({taken_once!r}, 'w').close()\n"
+            "    info = json.load(open(sys.argv[1]))\n"
+            "    holder = socket.socket()\n"
+            "    holder.bind((info['ip'], info['shell_port']))\n"
+            "    holder.listen()\n"
+            "    os.set_inheritable(holder.fileno(), True)\n"
+            "    os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])\n"
+            "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])",
+            "{connection_file}",
+        ],
+    )
     return root

@@ -117,6 +117,14 @@ def test_kernel_that_fails_to_start(gw: Gateway) -> None:
     assert_healthy(gw)
 
 
+async def test_kernel_whose_port_was_taken_is_started_again(
+    server: ServerProcess, gw: Gateway
+) -> None:
+    kernel = gw.start_kernel("port-taken")
+    assert (await gw.run(kernel["id"], "print(6 * 7)")).stdout == "42\n"
+    assert "a port it was given was taken first" in server.output()
+
+
 def test_max_kernels_counts_starts_in_flight(server: ServerProcess, gw: Gateway) -> None:
     async def start_many() -> list[httpx.Response]:
         async with httpx.AsyncClient(
