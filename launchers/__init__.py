@@ -47,13 +47,11 @@ def launcher_kinds() -> dict[str, type[Launcher]]:
     except ModuleNotFoundError as exc:  # distributed not installed: no dask launcher
         if exc.name not in ("distributed", "raygate.launchers.dask"):
             raise
-    try:
+    # kubernetes installed: the kubernetes launcher (which imports the client when used)
+    if all(importlib.util.find_spec(name) is not None for name in ("kubernetes", "yaml")):
         from .kubernetes import KubernetesLauncher
 
         kinds[KubernetesLauncher.kind] = KubernetesLauncher
-    except ModuleNotFoundError as exc:  # kubernetes not installed: no kubernetes launcher
-        if exc.name not in ("kubernetes", "yaml"):
-            raise
     try:
         from .yarn import YarnLauncher
 

@@ -60,12 +60,13 @@ import socket
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s_client
+    from kubernetes.client.rest import ApiException
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
 from .remote import RemoteKernel, RemoteLauncher, _resource_request
@@ -158,6 +159,20 @@ def _whole(amount: float, what: str) -> str:
             f"Kubernetes gives {what} only in whole units, not {amount:g}", status=400
         )
     return str(int(amount))
+
+
+def _api_exception() -> type[Exception]:
+    """The Kubernetes client's API error. The client is imported on first use: importing
+    it takes seconds, which every ``raygate serve`` would pay with no kernel on Kubernetes."""
+    from kubernetes.client.rest import ApiException
+
+    return ApiException
+
+
+def _config_exception() -> type[Exception]:
+    from kubernetes.config import ConfigException
+
+    return ConfigException
 
 
 def api_message(exc: ApiException) -> str:
@@ -307,17 +322,23 @@ class KubernetesLauncher(RemoteLauncher):
         """A client for the configured cluster: ``--k8s-kubeconfig``, else the pod's service
         account when running in a cluster, else ``$KUBECONFIG``/``~/.kube/config``; None when
         there is none (the launcher then only refuses starts)."""
+        default_file = os.path.expanduser(os.environ.get("KUBECONFIG") or "~/.kube/config")
+        in_cluster = not self.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+        if not (in_cluster or self.kubeconfig or os.path.exists(default_file.split(os.pathsep)[0])):
+            return None
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
         cfg = k8s_client.Configuration()
         namespace = ""
-        default_file = os.path.expanduser(os.environ.get("KUBECONFIG") or "~/.kube/config")
-        if not self.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if in_cluster:
             k8s_config.load_incluster_config(client_configuration=cfg)
             try:
                 with open(SERVICEACCOUNT_NAMESPACE) as f:
                     namespace = f.read().strip()
             except OSError:
                 pass
-        elif self.kubeconfig or os.path.exists(default_file.split(os.pathsep)[0]):
+        else:
             path = self.kubeconfig or None
             k8s_config.load_kube_config(
                 config_file=path, context=self.context or None, client_configuration=cfg
@@ -327,15 +348,13 @@ class KubernetesLauncher(RemoteLauncher):
                 contexts, _ = k8s_config.list_kube_config_contexts(config_file=path)
                 active = next((c for c in contexts if c["name"] == self.context), active)
             namespace = (active or {}).get("context", {}).get("namespace", "")
-        else:
-            return None
         self.namespace = self.namespace or namespace or "default"
         return k8s_client.CoreV1Api(k8s_client.ApiClient(cfg))
 
     async def start(self) -> None:
         try:
             self.api = await asyncio.to_thread(self._load_client)
-        except (k8s_config.ConfigException, OSError, ValueError) as exc:
+        except (_config_exception(), OSError, ValueError) as exc:
             log.warning("kubernetes launcher: cannot load the cluster configuration: %s", exc)
             self.api = None
         if self.api is not None:
@@ -566,7 +585,7 @@ class KubernetesLauncher(RemoteLauncher):
                 created = self._dict(
                     await self._call(self.api.create_namespaced_pod, namespace, pod)
                 )
-            except ApiException as exc:
+            except _api_exception() as exc:
                 status = 400 if exc.status in (400, 403, 404, 409, 422) else 503
                 raise KernelStartError(
                     f"Kubernetes refused the kernel's pod in namespace {namespace}: "
@@ -609,7 +628,7 @@ class KubernetesLauncher(RemoteLauncher):
                 namespace,
                 {"metadata": {"ownerReferences": [owner]}},
             )
-        except ApiException as exc:
+        except _api_exception() as exc:
             log.warning("secret %s/%s: could not set its owner: %s", namespace, name, exc)
 
     async def _wait_for_report(
@@ -638,12 +657,12 @@ class KubernetesLauncher(RemoteLauncher):
                             await self._call(self.api.read_namespaced_pod, name, namespace)
                         )
                         node = pod["spec"].get("nodeName") or ""
-                    except ApiException:
+                    except _api_exception():
                         pass
                 return report.result(), node
             try:
                 pod = self._dict(await self._call(self.api.read_namespaced_pod, name, namespace))
-            except ApiException as exc:
+            except _api_exception() as exc:
                 if exc.status == 404:
                     raise KernelStartError(
                         f"the kernel's pod {namespace}/{name} was deleted before it started"
@@ -703,7 +722,7 @@ class KubernetesLauncher(RemoteLauncher):
             text = await self._call(
                 self.api.read_namespaced_pod_log, name, namespace, tail_lines=20
             )
-        except ApiException:
+        except _api_exception():
             return ""
         return f"\n{text.strip()}" if text and text.strip() else ""
 
@@ -718,7 +737,7 @@ class KubernetesLauncher(RemoteLauncher):
         ):
             try:
                 await self._call(method, name, namespace, **kwargs)
-            except ApiException as exc:
+            except _api_exception() as exc:
                 if exc.status != 404:
                     log.warning("could not delete %s %s/%s: %s", what, namespace, name, exc)
 
@@ -741,7 +760,7 @@ class KubernetesLauncher(RemoteLauncher):
                     namespace,
                     {"data": {"record": data}},
                 )
-            except ApiException as exc:
+            except _api_exception() as exc:
                 log.warning(
                     "kernel %s: could not save its record: %s", kernel.kernel_id, api_message(exc)
                 )
@@ -757,7 +776,7 @@ class KubernetesLauncher(RemoteLauncher):
         assert self.api is not None
         try:
             secret = self._dict(await self._call(self.api.read_namespaced_secret, name, namespace))
-        except ApiException as exc:
+        except _api_exception() as exc:
             if exc.status != 404:
                 log.warning("cannot read secret %s/%s: %s", namespace, name, api_message(exc))
             return None
