@@ -53,7 +53,7 @@ class ServerProcess:
                 raise RuntimeError(f"raygate exited early:\n{self.output()}")
             if self.url.startswith("https:"):
                 # TLS tests check certificates (and client certificates) themselves
-                if "Application startup complete" in self.output():
+                if "Uvicorn running on" in self.output():  # listening, not only started
                     return
             else:
                 try:
