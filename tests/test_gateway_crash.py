@@ -103,6 +103,21 @@ async def start_counting(
     return kernel, ws, request["header"]["msg_id"]
 
 
+async def assert_rest_arrives_once(
+    gateways: Gateways, kernel: dict, ws: KernelWS, msg_id: str, session: str
+) -> None:
+    """A new gateway; the session reconnects and, with what ``ws`` got before, has every
+    line exactly once, in order; then the kernel is shut down and gone."""
+    second = gateways.start()
+    back = await second.client.connect(kernel["id"], session=session)
+    await read_until_idle(back, msg_id, timeout=120)
+    got, report = exactly_once(ws, back)
+    assert got == list(range(LINES)), report
+    await back.close()
+    second.client.shutdown_kernel(kernel["id"])
+    assert wait_gone([kernel["placement"]["pid"]]) == []
+
+
 async def test_sigkill_while_connected_loses_and_repeats_nothing(gateways: Gateways) -> None:
     first = gateways.start()
     kernel, ws, msg_id = await start_counting(first, gateways.kernelspec, "nb-crash")
@@ -112,14 +127,7 @@ async def test_sigkill_while_connected_loses_and_repeats_nothing(gateways: Gatew
     await asyncio.sleep(0.05)
     first.stop(signal.SIGKILL)
     await drain_closed(ws)  # what reached the client before the gateway died
-    second = gateways.start()
-    back = await second.client.connect(kernel["id"], session="nb-crash")
-    await read_until_idle(back, msg_id, timeout=120)
-    got, report = exactly_once(ws, back)
-    assert got == list(range(LINES)), report
-    await back.close()
-    second.client.shutdown_kernel(kernel["id"])
-    assert wait_gone([kernel["placement"]["pid"]]) == []
+    await assert_rest_arrives_once(gateways, kernel, ws, msg_id, "nb-crash")
 
 
 async def test_sigkill_while_disconnected_loses_and_repeats_nothing(gateways: Gateways) -> None:
@@ -129,11 +137,4 @@ async def test_sigkill_while_disconnected_loses_and_repeats_nothing(gateways: Ga
     await drain_closed(ws)
     await asyncio.sleep(1.5)  # ... while the cell prints on ...
     first.stop(signal.SIGKILL)  # ... and that memory is gone
-    second = gateways.start()
-    back = await second.client.connect(kernel["id"], session="nb-away")
-    await read_until_idle(back, msg_id, timeout=120)
-    got, report = exactly_once(ws, back)
-    assert got == list(range(LINES)), report
-    await back.close()
-    second.client.shutdown_kernel(kernel["id"])
-    assert wait_gone([kernel["placement"]["pid"]]) == []
+    await assert_rest_arrives_once(gateways, kernel, ws, msg_id, "nb-away")

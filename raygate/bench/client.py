@@ -43,6 +43,17 @@ class Outcome:
     """UTF-8 bytes of every stream message (stdout and stderr) the request caused."""
     stream_messages: int = 0
 
+    def take_output(self, msg: dict[str, Any]) -> bool:
+        """Count an iopub message of this request; True once it is the idle status."""
+        kind = msg["header"]["msg_type"]
+        if kind == "stream":
+            text = msg["content"]["text"]
+            self.stream_bytes += len(text.encode())
+            self.stream_messages += 1
+            if msg["content"]["name"] == "stdout":
+                self.stdout.append(text)
+        return kind == "status" and msg["content"]["execution_state"] == "idle"
+
 
 def execute_content(code: str) -> dict[str, Any]:
     return {
@@ -138,18 +149,11 @@ class KernelSocket:
             msg = await self.recv()
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind = msg["header"]["msg_type"]
             if msg["channel"] == "shell":
                 out.reply = msg["content"]
                 out.status = msg["content"].get("status", "")
                 replied = True
-            elif kind == "stream":
-                text = msg["content"]["text"]
-                out.stream_bytes += len(text.encode())
-                out.stream_messages += 1
-                if msg["content"]["name"] == "stdout":
-                    out.stdout.append(text)
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            elif out.take_output(msg):
                 idle = True
         return out
 

@@ -128,6 +128,15 @@ def _error(exc: BaseException) -> str:
 # -- kernel starts -----------------------------------------------------------------------
 
 
+async def _answers_kernel_info(client: GatewayClient, kernel_id: str) -> None:
+    """Returns once the kernel answers kernel_info on a fresh channels WebSocket."""
+    socket = await client.connect(kernel_id)
+    try:
+        await socket.kernel_info()
+    finally:
+        await socket.close()
+
+
 async def ready_kernel(target: Target, kernel_ids: list[str]) -> float:
     """Seconds from ``POST /api/kernels`` until a kernel_info_reply arrives on the kernel's
     channels WebSocket (servers differ in when the POST returns; this does not). The new
@@ -138,11 +147,7 @@ async def ready_kernel(target: Target, kernel_ids: list[str]) -> float:
         async with asyncio.timeout(client.timeout):
             kernel_id = await client.start_kernel(target.kernelspec)
             kernel_ids.append(kernel_id)
-            socket = await client.connect(kernel_id)
-            try:
-                await socket.kernel_info()
-            finally:
-                await socket.close()
+            await _answers_kernel_info(client, kernel_id)
     except TimeoutError:
         raise BenchError(f"kernel not ready within {client.timeout:g} s") from None
     return time.perf_counter() - started
@@ -403,11 +408,7 @@ async def restart_latency(target: Target, kernel_id: str) -> float:
     try:
         async with asyncio.timeout(client.timeout):
             await client.restart(kernel_id)
-            socket = await client.connect(kernel_id)
-            try:
-                await socket.kernel_info()
-            finally:
-                await socket.close()
+            await _answers_kernel_info(client, kernel_id)
     except TimeoutError:
         raise BenchError(f"restarted kernel not ready within {client.timeout:g} s") from None
     return time.perf_counter() - started

@@ -71,16 +71,7 @@ class ZmqChannel:
                 break
         while True:
             msg = await self.kc.get_iopub_msg()
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = msg["header"]["msg_type"]
-            if kind == "stream":
-                text = msg["content"]["text"]
-                out.stream_bytes += len(text.encode())
-                out.stream_messages += 1
-                if msg["content"]["name"] == "stdout":
-                    out.stdout.append(text)
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            if msg["parent_header"].get("msg_id") == msg_id and out.take_output(msg):
                 return out
 
 
