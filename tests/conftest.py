@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 import psutil
 import pytest
 
 from kgclient import Gateway, message
+from logcheck import assert_clean_log
 
 TOKEN = "test-token"
 
@@ -27,13 +28,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A ``raygate serve`` started for a test, with its output kept for failures."""
+    """A ``raygate serve`` started for a test, with its output kept for failures and checked
+    for tracebacks when it stops (``expect_errors``: patterns of those the test provokes)."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, token: str = TOKEN
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        token: str = TOKEN,
+        expect_errors: Iterable[str] = (),
     ) -> None:
         self.port = free_port()
         self.token = token
+        self.expect_errors = list(expect_errors)
         scheme = "https" if "--certfile" in args else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *args]
@@ -77,7 +84,11 @@ class ServerProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+    def stop(
+        self, sig: int = signal.SIGTERM, timeout: float = 30, check: bool = True
+    ) -> int | None:
+        """Stop the gateway; then fail if its log has a traceback the test did not expect
+        (``check=False``: the caller checks later, with ``check_log``)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -86,7 +97,12 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if check:
+            self.check_log()
         return self.proc.returncode
+
+    def check_log(self) -> None:
+        assert_clean_log(f"the gateway on port {self.port}", self.output(), self.expect_errors)
 
 
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
@@ -136,15 +152,22 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start a gateway with its own options; stopped after the test."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, token: str = TOKEN) -> ServerProcess:
-        server = ServerProcess(list(args), env=env, token=token)
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        token: str = TOKEN,
+        expect_errors: Iterable[str] = (),
+    ) -> ServerProcess:
+        server = ServerProcess(list(args), env=env, token=token, expect_errors=expect_errors)
         servers.append(server)
         server.wait_ready()
         return server
 
     yield start
     for server in servers:
-        server.stop()
+        server.stop(check=False)
+    for server in servers:
+        server.check_log()
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +206,21 @@ def ray_cluster() -> Iterator[object]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def ray_cluster_as_it_was(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that uses the Ray cluster, kill the named actors it left (a failed
+    test's kernels would hold CPUs and GPUs), so later tests see the cluster as it was."""
+    if "ray_cluster" not in request.fixturenames:
+        yield
+        return
+    cluster = request.getfixturevalue("ray_cluster")
+    before = cluster.live_actors()
+    yield
+    left = cluster.live_actors() - before
+    if left:
+        cluster.kill_actors(left)
 
 
 def remote_pids(model: dict) -> list[int]:

@@ -1,18 +1,26 @@
 """One real multi-node Ray cluster on this machine for the whole test session.
 
 Built with Ray's own cluster utilities: a head node (CPUs only) and a second node with
-two logical GPUs, a custom resource ``special`` and the label ``raygate-test=gpu``, both
-in child processes of the test run, so they stop with it. Token authentication is on (a
-fresh token per session), as Ray 2.59+ has it by default: every gateway the tests start
-gets ``RAY_AUTH_TOKEN`` in its environment and must turn token mode on by itself.
+two logical GPUs, a custom resource ``special`` and the label ``raygate-test=gpu``. Token
+authentication is on (a fresh token per session), as Ray 2.59+ has it by default.
+
+The cluster lives in a child process of the test run (this module run as a script), which
+alone has ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` in its environment; the nodes are its children
+and stop with it, also when the test run dies (its stdin closes). The pytest process never
+gets the token, so a gateway has it only when a test passes ``cluster.env()`` and then has to
+turn token mode on by itself, as it must for a user. The tests' own questions (which actors
+are alive, kill what a test left behind) go to that child as JSON lines.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
+import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 HEAD_CPUS = 4
 GPU_NODE_CPUS = 2
@@ -21,55 +29,37 @@ GPU_NODE_LABELS = {"raygate-test": "gpu"}
 
 
 class RayTestCluster:
+    """The tests' handle on the cluster process. Made by the ``ray_cluster`` fixture."""
+
     def __init__(self) -> None:
         self.token = secrets.token_hex(16)
-        self.cluster: Any = None
+        self.address = ""
         self.gpu_node_id = ""
         self.head_node_id = ""
-        self._saved_env: dict[str, str | None] = {}
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
+        self._proc: subprocess.Popen[str] | None = None
 
     def env(self) -> dict[str, str]:
         """What a gateway joining this cluster needs in its environment: only the token
         (not RAY_AUTH_MODE: raygate turns token mode on when it is given a token)."""
         return {"RAY_AUTH_TOKEN": self.token}
 
-    def start(self) -> None:
-        # The nodes inherit these; this process needs them for its own GCS queries.
-        for name, value in (("RAY_AUTH_MODE", "token"), ("RAY_AUTH_TOKEN", self.token)):
-            self._saved_env[name] = os.environ.get(name)
-            os.environ[name] = value
-        from ray.cluster_utils import Cluster
-
-        common = {"include_dashboard": False, "object_store_memory": 80 * 1024 * 1024}
-        self.cluster = Cluster(
-            initialize_head=True, head_node_args={"num_cpus": HEAD_CPUS, **common}
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
-        gpu_node = self.cluster.add_node(
-            num_cpus=GPU_NODE_CPUS,
-            num_gpus=GPU_NODE_GPUS,
-            resources={"special": 1},
-            labels=dict(GPU_NODE_LABELS),
-            **common,
-        )
-        self.gpu_node_id = gpu_node.node_id
-        self.head_node_id = self.cluster.head_node.node_id
+        started = self._ask({"op": "hello"}, timeout)
+        self.address = started["address"]
+        self.gpu_node_id = started["gpu_node_id"]
+        self.head_node_id = started["head_node_id"]
 
     def actors(self, namespace: str) -> dict[str, str]:
         """``{name: state}`` of the actors in ``namespace`` that are not dead."""
-        from ray.core.generated import gcs_pb2
-
-        accessor = self.cluster.global_state._connect_and_get_accessor()
-        out = {}
-        for raw in accessor.get_actor_table(None, None):
-            data = gcs_pb2.ActorTableData.FromString(raw)
-            state = gcs_pb2.ActorTableData.ActorState.Name(data.state)
-            if data.ray_namespace == namespace and state != "DEAD":
-                out[data.name] = state
-        return out
+        return self._ask({"op": "actors", "namespace": namespace})
 
     def wait_actors(self, namespace: str, expect: set[str], timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
@@ -79,12 +69,128 @@ class RayTestCluster:
             actors = self.actors(namespace)
         return actors
 
+    def live_actors(self) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every named actor that is not dead."""
+        return {(ns, name) for ns, name in self._ask({"op": "live"})}
+
+    def kill_actors(self, actors: set[tuple[str, str]]) -> None:
+        """Kill these actors (what a failed test left holding CPUs and GPUs). Called by
+        conftest's fixture that puts the cluster back as it was after each Ray test."""
+        self._ask({"op": "kill", "actors": sorted(actors)})
+
     def stop(self) -> None:
-        if self.cluster is not None:
-            self.cluster.shutdown()
-            self.cluster = None
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.close()  # the cluster process shuts the cluster down on EOF
+                proc.wait(60)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def _ask(self, request: dict, timeout: float = 60) -> Any:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        line = _readline(proc.stdout, timeout)
+        if not line:
+            raise RuntimeError(f"the Ray test cluster process exited ({proc.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"the Ray test cluster failed: {answer['error']}")
+        return answer["result"]
+
+
+def _readline(stream: IO[str], timeout: float) -> str:
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"the Ray test cluster did not answer in {timeout} s")
+    return stream.readline()
+
+
+# ---- the cluster process -------------------------------------------------------------
+
+
+def _serve() -> None:
+    """Start the cluster, then answer requests on stdin until it closes."""
+    import traceback
+
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.core.generated import gcs_pb2
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # Ray's own prints must not get into the answers
+
+    common = {"include_dashboard": False, "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": HEAD_CPUS, **common})
+    try:
+        gpu_node = cluster.add_node(
+            num_cpus=GPU_NODE_CPUS,
+            num_gpus=GPU_NODE_GPUS,
+            resources={"special": 1},
+            labels=dict(GPU_NODE_LABELS),
+            **common,
+        )
+        cluster.wait_for_nodes()
+        started = {
+            "address": cluster.address,
+            "gpu_node_id": gpu_node.node_id,
+            "head_node_id": cluster.head_node.node_id,
+        }
+
+        def live_actors() -> list[tuple[str, str, str]]:
+            accessor = cluster.global_state._connect_and_get_accessor()
+            found = []
+            for raw in accessor.get_actor_table(None, None):
+                data = gcs_pb2.ActorTableData.FromString(raw)
+                state = gcs_pb2.ActorTableData.ActorState.Name(data.state)
+                if state != "DEAD":
+                    found.append((data.ray_namespace, data.name, state))
+            return found
+
+        def kill(actors: list[list[str]]) -> None:
+            if actors and not ray.is_initialized():
+                ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+            for namespace, name in actors:
+                try:
+                    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+                except ValueError:
+                    pass  # gone meanwhile
+
+        for line in sys.stdin:
+            request = json.loads(line)
+            try:
+                op = request["op"]
+                if op == "hello":
+                    result: Any = started
+                elif op == "actors":
+                    ns = request["namespace"]
+                    result = {n: s for a, n, s in live_actors() if a == ns}
+                elif op == "live":
+                    result = [[a, n] for a, n, _ in live_actors() if n]
+                elif op == "kill":
+                    result = kill(request["actors"])
+                else:
+                    raise ValueError(f"unknown op {op!r}")
+                answer = {"result": result}
+            except Exception:
+                answer = {"error": traceback.format_exc()}
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    _serve()
