@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from kgclient import Gateway, message
+from kgclient import Gateway, KernelWS
 from logcheck import assert_clean_log
 
 TOKEN = "test-token"
@@ -229,30 +229,41 @@ def remote_pids(model: dict) -> list[int]:
 
 
 async def assert_interrupts(gateway: Gateway, kernel_id: str) -> None:
-    """An interrupt stops a running ``time.sleep`` with KeyboardInterrupt."""
+    """An interrupt stops a running ``time.sleep`` with KeyboardInterrupt, and the kernel
+    keeps its state."""
     ws = await gateway.connect(kernel_id)
     try:
-        code = {"code": "import time; time.sleep(60)", "silent": False}
-        await ws.send(message("execute_request", code))
-        while (await ws.recv())["header"]["msg_type"] != "execute_input":
-            pass
-        await asyncio.sleep(0.3)
-        assert gateway.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
-        while True:
-            m = await ws.recv(timeout=20)
-            if m["header"]["msg_type"] == "execute_reply":
-                assert m["content"]["status"] == "error"
-                assert m["content"]["ename"] == "KeyboardInterrupt"
-                return
+        await ws.execute("kept = 'yes'")
+        await interrupt_running_sleep(gateway, ws, kernel_id)
+        assert (await ws.execute("kept")).result == "'yes'"
     finally:
         await ws.close()
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """Terminate a helper server process; kill it if it does not stop in time."""
+async def interrupt_running_sleep(
+    gateway: Gateway, ws: KernelWS, kernel_id: str, timeout: float = 20
+) -> None:
+    """Interrupt (``POST .../interrupt``) a ``time.sleep`` once it surely runs (it printed),
+    and check it ends in KeyboardInterrupt."""
+    printed = asyncio.Event()
+    code = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
+    task = asyncio.create_task(ws.execute(code, printed=printed))
+    await asyncio.wait_for(printed.wait(), timeout)
+    assert gateway.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
+    out = await asyncio.wait_for(task, timeout)
+    assert out.status == "error" and out.error is not None
+    assert out.error["ename"] == "KeyboardInterrupt"
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10, log_path: str = "") -> None:
+    """Terminate a helper server process; kill it if it does not stop in time. With
+    ``log_path`` (where its output went), fail if it logged a traceback."""
     proc.terminate()
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if log_path:
+        with open(log_path, errors="replace") as f:
+            assert_clean_log(f"the server logging to {log_path}", f.read())

@@ -116,7 +116,16 @@ class KernelWS:
             ):
                 return reply
 
-    async def execute(self, code: str, timeout: float = 60, stdin: str | None = None) -> ExecResult:
+    async def execute(
+        self,
+        code: str,
+        timeout: float = 60,
+        stdin: str | None = None,
+        printed: asyncio.Event | None = None,
+    ) -> ExecResult:
+        """Run ``code`` and collect what it sends; ``printed`` is set on its first stdout
+        (a test that interrupts code that prints, then sleeps, waits for it: the code is
+        then surely running)."""
         msg = message(
             "execute_request",
             {
@@ -142,6 +151,8 @@ class KernelWS:
             if t == "stream":
                 if m["content"]["name"] == "stdout":
                     out.stdout += m["content"]["text"]
+                    if printed is not None:
+                        printed.set()
                 else:
                     out.stderr += m["content"]["text"]
             elif t == "execute_result":

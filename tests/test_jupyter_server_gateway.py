@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, interrupt_running_sleep
 from kgclient import Gateway
+from logcheck import assert_clean_log
 
 JUPYTER_TOKEN = "jupyter-token"
 
@@ -68,6 +69,8 @@ class JupyterServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        with open(self.log_path, errors="replace") as f:
+            assert_clean_log("jupyter_server", f.read())
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +103,8 @@ async def test_kernel_lifecycle_through_jupyter_server(
     out = await ws.execute("state = 'kept'\nprint('hello from raygate')")
     assert out.stdout == "hello from raygate\n"
 
-    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
-    await asyncio.sleep(1.5)
-    assert js.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
-    out = await asyncio.wait_for(task, 30)
-    assert out.error["ename"] == "KeyboardInterrupt"
+    # through jupyter_server's gateway client: its interrupt handler calls raygate's
+    await interrupt_running_sleep(js, ws, kernel_id, timeout=30)
     assert (await ws.execute("state")).result == "'kept'"
 
     r = js.post(f"/api/kernels/{kernel_id}/restart")

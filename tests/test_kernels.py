@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from conftest import interrupt_running_sleep
 from kgclient import Gateway, message
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -140,15 +141,7 @@ async def test_interrupt_keeps_state(gateway: Gateway) -> None:
     kernel = gateway.start_kernel()
     ws = await gateway.connect(kernel["id"])
     await ws.execute("kept = 'yes'")
-    task = asyncio.create_task(
-        ws.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
-    )
-    await asyncio.sleep(1.5)
-    r = gateway.post(f"/api/kernels/{kernel['id']}/interrupt")
-    assert r.status_code == 204
-    out = await asyncio.wait_for(task, 20)
-    assert out.status == "error"
-    assert out.error["ename"] == "KeyboardInterrupt"
+    await interrupt_running_sleep(gateway, ws, kernel["id"])
     again = await ws.execute("kept")
     assert again.result == "'yes'"
     await ws.close()
@@ -197,11 +190,22 @@ async def test_large_output_arrives_whole(gateway: Gateway) -> None:
         await ws.close()
 
 
-async def test_message_interrupt_mode(gateway: Gateway) -> None:
+async def test_interrupt_request_on_control_stops_running_code(gateway: Gateway) -> None:
+    """A client's own ``interrupt_request`` reaches the kernel through the bridge (kernels
+    whose spec says ``interrupt_mode: message`` are tested in test_errors and test_ray)."""
     kernel = gateway.start_kernel()
     ws = await gateway.connect(kernel["id"])
-    reply = await ws.request("interrupt_request", {}, channel="control")
+    printed = asyncio.Event()
+    code = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
+    task = asyncio.create_task(ws.execute(code, printed=printed))
+    await asyncio.wait_for(printed.wait(), 20)
+    control = await gateway.connect(kernel["id"])
+    reply = await control.request("interrupt_request", {}, channel="control")
     assert reply["header"]["msg_type"] == "interrupt_reply"
+    assert reply["content"]["status"] == "ok"
+    out = await asyncio.wait_for(task, 20)
+    assert out.error is not None and out.error["ename"] == "KeyboardInterrupt"
+    await control.close()
     await ws.close()
 
 

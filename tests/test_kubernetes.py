@@ -54,7 +54,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     url = f"http://127.0.0.1:{port}"
     args = ["--token", TOKEN, "--namespaces", f"{NAMESPACE},team-a", "--gpus", "1"]
     args += ["--unpullable-image", UNPULLABLE]
-    proc = standins.start("kube_apiserver", port, args, str(root / "apiserver.log"), "/api")
+    log_path = str(root / "apiserver.log")
+    proc = standins.start("kube_apiserver", port, args, log_path, "/api")
     kubeconfig = root / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -81,7 +82,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     )
     yield {"url": url, "kubeconfig": str(kubeconfig), "api": api, "root": root}
-    stop_process(proc)
+    stop_process(proc, log_path=log_path)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ actor. No GPU is needed: the GPUs are Ray's logical ones.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -17,7 +16,13 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from conftest import ServerProcess, assert_interrupts, cleaning_up, wait_gone
+from conftest import (
+    ServerProcess,
+    assert_interrupts,
+    cleaning_up,
+    interrupt_running_sleep,
+    wait_gone,
+)
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
 from kgclient import Gateway, message
 
@@ -186,11 +191,7 @@ async def test_interrupt_keeps_state_restart_clears_it(gw: Gateway) -> None:
     kernel = gw.start_kernel()
     ws = await gw.connect(kernel["id"])
     await ws.execute("x = 42")
-    task = asyncio.create_task(ws.execute("import time; time.sleep(60)"))
-    await asyncio.sleep(1.0)
-    assert gw.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
-    out = await asyncio.wait_for(task, 20)
-    assert out.error and out.error["ename"] == "KeyboardInterrupt"
+    await interrupt_running_sleep(gw, ws, kernel["id"])
     assert (await ws.execute("x")).result == "42"
     pid = gw.get(f"/api/kernels/{kernel['id']}").json()["placement"]["actor_pid"]
     r = gw.post(f"/api/kernels/{kernel['id']}/restart")

@@ -36,9 +36,10 @@ def yarn_rm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     args = ["--queues", "default,kernels", "--stuck-queue", "full"]
     args += ["--max-memory", "4096", "--max-vcores", "4"]
-    proc = standins.start("yarn_rm", port, args, str(root / "rm.log"), "/ws/v1/cluster/apps")
+    log_path = str(root / "rm.log")
+    proc = standins.start("yarn_rm", port, args, log_path, "/ws/v1/cluster/apps")
     yield url
-    stop_process(proc)
+    stop_process(proc, log_path=log_path)
 
 
 @pytest.fixture(scope="module")
