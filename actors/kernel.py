@@ -4,12 +4,12 @@ The gateway creates one detached, named actor per kernel (name = kernel id, in t
 gateway's namespace) with the kernel's resource request as its options, so Ray places
 it and holds the resources as long as the kernel lives. The actor:
 
-* starts the kernel process in its constructor (one round trip less at launch) on the
-  node's IP, with the kernelspec's argv and env, the GPUs Ray assigned it, and what it
-  needs to ``import ray; ray.init()`` into the same cluster;
-* spawns every kernel process from one thread that lives as long as the actor, with
-  SIGINT/SIGTERM unblocked (Ray workers block SIGINT) and PR_SET_PDEATHSIG, so the kernel
-  dies with the actor even when its worker process is SIGKILLed;
+* starts the kernel process in its constructor (one round trip less at launch) through
+  the kernel supervisor (:mod:`raygate.launchers.kernelside.supervisor`, as every
+  launcher does) on the node's IP, with the kernelspec's argv and env, the GPUs Ray
+  assigned it, and what it needs to ``import ray; ray.init()`` into the same cluster;
+* has every kernel process forked from one thread that lives as long as the actor, so
+  the kernel dies with the actor even when its worker process is SIGKILLed;
 * signals, interrupts, restarts (same ports, same id, resources kept) and stops it;
 * keeps the launch metadata so a gateway that starts later can serve the kernel again;
 * records an unexpected exit of the kernel in Ray's internal KV store, so the gateway
@@ -22,44 +22,35 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from raygate.launchers.keeper import KEEP_BYTES, OutputKeeper
-from raygate.launchers.process import (
-    format_argv,
-    signal_group,
-    spawn_kernel,
-    tail,
-    terminate,
-    write_connection_file,
-)
+from raygate.launchers.kernelside.account import Account
+from raygate.launchers.kernelside.keeper import KEEP_BYTES
+from raygate.launchers.kernelside.process import describe_exit
+from raygate.launchers.kernelside.supervisor import KernelCommand, KernelSupervisor
 
 EXIT_KV_NAMESPACE = "raygate-exits"
 """Ray internal-KV namespace of exit notices; keys are ``<namespace>/<kernel id>``."""
-
-# Variables of the Ray worker process that must not leak into the kernel's own driver.
-_WORKER_ONLY_ENV = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_CLIENT_MODE", "RAY_LD_PRELOAD_ON_WORKERS")
 
 
 def exit_key(namespace: str, kernel_id: str) -> str:
     return f"{namespace}/{kernel_id}"
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
+def kernel_command(meta: dict[str, Any]) -> KernelCommand:
+    """What the launch metadata (``RayLauncher._meta``, updated by ``assign``) asks to run."""
+    spec = meta["spec"]
+    return KernelCommand(
+        kernel_id=meta["kernel_id"],
+        argv=list(spec["argv"]),
+        spec_env=dict(spec.get("env") or {}),
+        request_env=dict(meta.get("env") or {}),
+        username=meta.get("username"),
+        cwd=meta.get("cwd"),
+    )
 
 
 class KernelActor:
@@ -75,80 +66,40 @@ class KernelActor:
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
-        self.gcs_address = ctx.gcs_address
         self.gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
         self.assigned = {k: v for k, v in ctx.get_assigned_resources().items() if v}
-        self.runtime_dir = tempfile.mkdtemp(prefix=f"raygate-kernel-{self.kernel_id[:8]}-")
-        self.connection_file = os.path.join(self.runtime_dir, "connection.json")
-        self.log_path = os.path.join(self.runtime_dir, "kernel.log")
-        self.connection = self._write_connection_file()
-        self.proc: subprocess.Popen | None = None
-        self.expected_exit = False
-        self.exit_reason = ""
         self.lock = threading.RLock()
-        # Every kernel process is forked from this one thread, which lives as long as the
-        # actor: PR_SET_PDEATHSIG fires when the forking *thread* exits.
-        self.spawner = ThreadPoolExecutor(1, thread_name_prefix="kernel-spawner")
-        self.keeper = self._start_keeper()
-        self._spawn()
+        account = meta.get("account")
+        self.supervisor = KernelSupervisor(
+            kernel_command(meta),
+            ip=self.node_ip,
+            # With Curve the secret key is made here and stays on this node.
+            encryption=meta.get("encryption") or "none",
+            # ray.init() in the kernel joins this cluster, in a namespace of its own.
+            defaults={"RAY_ADDRESS": ctx.gcs_address},
+            # Exactly the GPUs Ray assigned (none for a kernel that asked for none).
+            assigned={"CUDA_VISIBLE_DEVICES": ",".join(self.gpu_ids)},
+            keep_output_bytes=int(meta.get("keep_output_bytes", KEEP_BYTES)),
+            account=Account.from_dict(account) if account else None,
+            # Every kernel process is forked from this one thread, which lives as long as
+            # the actor: PR_SET_PDEATHSIG fires when the forking *thread* exits.
+            spawner=ThreadPoolExecutor(1, thread_name_prefix="kernel-spawner"),
+            on_exit=self._exited,
+        )
+        # A SpawnError here fails the actor's creation; the launcher shows its message.
+        self.connection = self.supervisor.start()
+        self._clear_exit_notice()
 
     # -- the kernel process ------------------------------------------------------
 
-    def _write_connection_file(self) -> dict[str, Any]:
-        # With Curve the secret key is made here and stays on this node; the gateway is
-        # given the public key only.
-        return write_connection_file(
-            self.connection_file, self.node_ip, self.meta.get("encryption") or "none"
-        )
-
-    def _start_keeper(self) -> OutputKeeper | None:
-        """Keep the kernel's recent output here, for a gateway restarted after a crash."""
-        max_bytes = int(self.meta.get("keep_output_bytes", KEEP_BYTES))
-        if max_bytes <= 0:
-            return None
-        url = f"tcp://{self.node_ip}:{self.connection['iopub_port']}"
-        return OutputKeeper(url, max_bytes, self.connection.get("curve_publickey"))
-
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _WORKER_ONLY_ENV}
-        env.update(self.spec.get("env") or {})
-        env.update(self.meta.get("env") or {})
-        env["KERNEL_ID"] = self.kernel_id
-        if self.meta.get("username"):
-            env["KERNEL_USERNAME"] = self.meta["username"]
-        # Exactly the GPUs Ray assigned (none for a kernel that asked for none).
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
-        # ray.init() in the kernel joins this cluster, in a namespace of its own.
-        env.setdefault("RAY_ADDRESS", self.gcs_address)
-        return env
-
-    def _spawn(self) -> None:
-        argv = format_argv(self.spec["argv"], self.connection_file)
-        cwd = self.meta.get("cwd")
-        cwd = cwd if cwd and os.path.isdir(cwd) else None
-        env = self._env()
-        proc = self.spawner.submit(spawn_kernel, argv, env, self.log_path, cwd).result()
-        with self.lock:
-            self.proc = proc
-            self.expected_exit = False
-            self.exit_reason = ""
-        self._clear_exit_notice()
-        threading.Thread(target=self._watch, args=(proc,), name="kernel-watch", daemon=True).start()
-
-    def _watch(self, proc: subprocess.Popen) -> None:
-        code = proc.wait()
-        with self.lock:
-            if proc is not self.proc or self.expected_exit:
-                return
-            reason = _describe_exit(code)
-            output = tail(self.log_path)
-            self.exit_reason = f"{reason}: {output}" if output else reason
+    def _exited(self, reason: str) -> None:
+        """The supervisor saw the kernel exit on its own: tell every gateway at once."""
         try:
             from ray.experimental import internal_kv
 
             internal_kv._internal_kv_put(
                 exit_key(self.namespace, self.kernel_id),
-                self.exit_reason.encode(),
+                reason.encode(),
                 overwrite=True,
                 namespace=EXIT_KV_NAMESPACE,
             )
@@ -165,19 +116,10 @@ class KernelActor:
         except Exception:
             pass
 
-    def _stop(self) -> None:
-        with self.lock:
-            proc = self.proc
-            self.expected_exit = True
-        if proc is not None:
-            asyncio.run(terminate(proc))
-
     # -- what the gateway calls -------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         """Everything the gateway needs to serve this kernel, now or after a restart."""
-        with self.lock:
-            pid = self.proc.pid if self.proc is not None else None
         return {
             "meta": self.meta,
             "connection": self.connection,
@@ -188,7 +130,7 @@ class KernelActor:
                 "gpu_ids": self.gpu_ids,
                 "resources": self.assigned,
                 "actor_pid": os.getpid(),
-                "pid": pid,
+                "pid": self.supervisor.pid,
             },
         }
 
@@ -197,17 +139,17 @@ class KernelActor:
         directory): what later gateways read, and what a restart starts the kernel with."""
         with self.lock:
             self.meta = {**self.meta, **update}
+            self.supervisor.command = kernel_command(self.meta)
 
     def poll(self) -> dict[str, Any]:
-        with self.lock:
-            code = self.proc.poll() if self.proc is not None else -1
-            return {"alive": code is None, "reason": self.exit_reason or _describe_exit(code)}
+        code = self.supervisor.returncode()
+        alive = self.supervisor.alive()
+        if alive:
+            return {"alive": True, "reason": describe_exit(None)}
+        return {"alive": False, "reason": self.supervisor.exit_reason() or describe_exit(code)}
 
     def signal(self, signum: int) -> None:
-        with self.lock:
-            proc = self.proc
-        if proc is not None:
-            signal_group(proc, signum)
+        self.supervisor.signal(signum)
 
     def interrupt(self) -> None:
         """Interrupt the kernel as its kernelspec says: SIGINT, or a control message."""
@@ -232,39 +174,27 @@ class KernelActor:
 
     def restart(self) -> dict[str, Any]:
         """A fresh kernel process on the same ports; returns :meth:`describe`."""
-        self._stop()
-        self._spawn()
-        if self.keeper is not None:  # the same port; the key may be new
-            url = f"tcp://{self.node_ip}:{self.connection['iopub_port']}"
-            self.keeper.retarget(url, self.connection.get("curve_publickey"))
+        asyncio.run(self.supervisor.restart())
+        self._clear_exit_notice()
         return self.describe()
 
     def kept_output(self, after: list[str]) -> list[list[bytes]] | None:
         """The kernel's iopub messages after the oldest of ``after`` still kept (all kept
         when none is), as raw frames; None without a keeper."""
-        if self.keeper is None:
-            return None
-        return self.keeper.after(after)[0]
+        kept = self.supervisor.kept_output(after)
+        return None if kept is None else kept[0]
 
     def stop(self) -> None:
         """Stop the kernel process but keep the actor (and its resources) for a restart."""
-        self._stop()
+        asyncio.run(self.supervisor.stop())
 
     def shutdown(self) -> None:
-        self._stop()
-        if self.keeper is not None:
-            self.keeper.close()
+        asyncio.run(self.supervisor.stop())
+        self.supervisor.close()
         self._clear_exit_notice()
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def failure_reason(self) -> str:
-        with self.lock:
-            code = self.proc.poll() if self.proc is not None else None
-            if self.exit_reason:
-                return self.exit_reason
-        output = tail(self.log_path)
-        status = _describe_exit(code) if code is not None else ""
-        return f"{status}: {output}" if status and output else status or output
+        return self.supervisor.exit_reason()
 
     def __repr__(self) -> str:
         return f"KernelActor({self.kernel_id})"

@@ -116,7 +116,7 @@ class LaunchRequest:
     """The resource request (CPUs, memory, GPUs, ...) in the launcher-neutral form."""
     encryption: str = "none"
     """``"curve"``: the kernel side makes a CurveZMQ keypair and the kernel's sockets Curve
-    servers (see :func:`raygate.launchers.process.write_connection_file`); ``"none"``: plain."""
+    servers (see :func:`raygate.launchers.kernelside.process.write_connection_file`); ``"none"``: plain."""
     pooled: bool = False
     """A warm kernel waiting in a gateway's pool: no user's yet, so discovery skips it."""
 

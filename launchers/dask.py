@@ -31,14 +31,15 @@ from distributed import Client, fire_and_forget
 from distributed.utils import get_ip
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
-from .process import spawn_kernel, tail
+from .kernelside.process import spawn_kernel, tail
 from .remote import (
     RemoteLauncher,
+    ReportListener,
     describe_resources,
     placement_constraints,
     requested_resources,
 )
-from .report import ReportListener, new_secret
+from .wire import new_secret
 
 log = logging.getLogger("raygate.launchers.dask")
 
@@ -91,7 +92,7 @@ def run_kernel(settings: KernelSettings) -> dict[str, Any]:
         secede()  # hold the resources, not a thread slot
         # The bootstrap dies with this thread (PR_SET_PDEATHSIG), the kernel with it.
         proc = spawn_kernel(
-            [sys.executable, "-m", "raygate.launchers.bootstrap", "--config-file", path],
+            [sys.executable, "-m", "raygate.launchers.kernelside.bootstrap", "--config-file", path],
             os.environ,
             log_path,
         )

@@ -3,7 +3,7 @@
 Each kernel is one pod made from a pod template (``--k8s-pod-template``, default the
 ``k8s/kernel-pod.yaml`` shipped with raygate; a kernelspec may name its own in
 ``metadata.raygate.kubernetes.pod_template``). The pod's kernel container (the one named
-``kernel``, else the first) runs ``python -m raygate.launchers.bootstrap``, which starts
+``kernel``, else the first) runs ``python -m raygate.launchers.kernelside.bootstrap``, which starts
 the kernel in the pod and reports to the gateway's report listener; from then on the
 gateway talks to the bootstrap's control endpoint at the pod's IP, as with SSH and Dask.
 
@@ -69,8 +69,8 @@ if TYPE_CHECKING:
     from kubernetes.client.rest import ApiException
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
-from .remote import RemoteKernel, RemoteLauncher, _resource_request
-from .report import ReportListener, encode_secret, new_secret
+from .remote import RemoteKernel, RemoteLauncher, ReportListener, _resource_request
+from .wire import encode_secret, new_secret
 
 log = logging.getLogger("raygate.launchers.kubernetes")
 
@@ -82,7 +82,7 @@ KERNELSPEC_LABEL = "raygate.io/kernelspec"
 USERNAME_LABEL = "raygate.io/username"
 SELECTOR = f"{MANAGED_BY}=raygate,{KERNEL_ID_LABEL}"
 GPU_RESOURCE = "nvidia.com/gpu"
-BOOTSTRAP_COMMAND = ["python", "-m", "raygate.launchers.bootstrap"]
+BOOTSTRAP_COMMAND = ["python", "-m", "raygate.launchers.kernelside.bootstrap"]
 SERVICEACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_TEMPLATE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "k8s", "kernel-pod.yaml"

@@ -42,7 +42,7 @@ from .base import (
     Launcher,
     LaunchRequest,
 )
-from .keeper import KEEP_BYTES
+from .kernelside.keeper import KEEP_BYTES
 
 if TYPE_CHECKING:
     from raygate.config import GatewayConfig
@@ -743,7 +743,12 @@ def _request_from_meta(meta: dict[str, Any]) -> LaunchRequest:
 def _actor_error(exc: Exception) -> str:
     """The useful part of an actor's creation failure (its constructor's exception)."""
     text = str(exc)
-    for marker in ("KernelStartError: ", "FileNotFoundError: ", "PermissionError: "):
+    for marker in (
+        "KernelStartError: ",
+        "SpawnError: ",
+        "FileNotFoundError: ",
+        "PermissionError: ",
+    ):
         if marker in text:
             return text.split(marker, 1)[1].strip().splitlines()[0]
     lines = [line for line in text.splitlines() if line.strip()]

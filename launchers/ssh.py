@@ -1,7 +1,7 @@
 """Kernels on a pool of machines reached by SSH.
 
 For each kernel the gateway opens an SSH connection (asyncssh) to one host of the pool,
-runs ``python -m raygate.launchers.bootstrap --detach`` there with the bootstrap's
+runs ``python -m raygate.launchers.kernelside.bootstrap --detach`` there with the bootstrap's
 settings (the per-kernel secret among them) on stdin, and closes the connection once the
 bootstrap has reported to the gateway's report listener. From then on the gateway talks
 to the bootstrap's control endpoint directly; SSH is needed again only to stop a kernel
@@ -34,11 +34,12 @@ from .base import KernelHandle, KernelStartError, LaunchRequest
 from .remote import (
     RemoteKernel,
     RemoteLauncher,
+    ReportListener,
     describe_resources,
     placement_constraints,
     requested_resources,
 )
-from .report import ReportListener, new_secret
+from .wire import new_secret
 
 log = logging.getLogger("raygate.launchers.ssh")
 
@@ -295,7 +296,9 @@ class SSHLauncher(RemoteLauncher):
             }
             settings = self.bootstrap_settings(request, secret, report_host, placement)
             settings["report"]["timeout"] = max(1.0, deadline - time.monotonic())
-            command = shlex.join([self.python, "-m", "raygate.launchers.bootstrap", "--detach"])
+            command = shlex.join(
+                [self.python, "-m", "raygate.launchers.kernelside.bootstrap", "--detach"]
+            )
             try:
                 result = await asyncio.wait_for(
                     conn.run(command, input=json.dumps(settings), check=False),

@@ -1,7 +1,7 @@
 """Kernels as YARN applications, through the ResourceManager's REST API.
 
 Each kernel is one application whose AM container runs the bootstrap
-(``python -m raygate.launchers.bootstrap``), sized by the kernel's request
+(``python -m raygate.launchers.kernelside.bootstrap``), sized by the kernel's request
 (``resource: {memory, vCores}``) and submitted to ``KERNEL_QUEUE``, the kernelspec's
 ``metadata.raygate.yarn.queue`` or ``--yarn-queue``:
 
@@ -50,7 +50,7 @@ import httpx
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
 from .remote import RemoteKernel, RemoteLauncher, _resource_request, placement_constraints
-from .report import encode_secret, new_secret
+from .wire import encode_secret, new_secret
 
 log = logging.getLogger("raygate.launchers.yarn")
 
@@ -223,7 +223,7 @@ class YarnLauncher(RemoteLauncher):
         settings.pop("secret")  # it travels in the container's environment
         settings["report"]["timeout"] = max(5.0, request.launch_timeout)
         command = (
-            shlex.join([self.python, "-m", "raygate.launchers.bootstrap"])
+            shlex.join([self.python, "-m", "raygate.launchers.kernelside.bootstrap"])
             + " 1><LOG_DIR>/stdout 2><LOG_DIR>/stderr"
         )
         environment = {

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from raygate.launchers import Launcher, LaunchRequest
+from raygate.launchers.kernelside.env import kernel_env
 
 from .errors import APIError
 from .kernelspecs import NoSuchKernel
@@ -90,11 +91,11 @@ def _shape(request: LaunchRequest) -> dict[str, Any]:
 
 
 def _kernel_env(request: LaunchRequest) -> dict[str, str]:
-    """The variables a cold start would have given the kernel on top of its kernelspec's."""
-    env = dict(request.env)
-    if request.username:
-        env["KERNEL_USERNAME"] = request.username
-    return env
+    """The variables a cold start would have given the kernel that a warm one (started
+    with no request env and no user) lacks: the one composition, compared both ways."""
+    warm = kernel_env(request.kernel_id, host={})
+    cold = kernel_env(request.kernel_id, host={}, request=request.env, username=request.username)
+    return {k: v for k, v in cold.items() if warm.get(k) != v}
 
 
 def _setup_code(env: dict[str, str], cwd: str | None) -> str:

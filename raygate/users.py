@@ -141,13 +141,14 @@ def may_see(config: GatewayConfig, viewer: str | None, owner: str | None) -> boo
 def claim_username(env: dict[str, str], user: str | None) -> str | None:
     """The kernel's user: the authenticated ``user``, who overrides whatever
     ``KERNEL_USERNAME`` the request sent (so nobody starts kernels as someone else), else
-    the request's ``KERNEL_USERNAME``. ``env`` is updated to pass it to the kernel."""
+    the request's ``KERNEL_USERNAME``. It becomes the launch request's ``username``, which
+    the kernel's environment carries as ``KERNEL_USERNAME`` over the request's own
+    (:func:`raygate.launchers.kernelside.env.kernel_env`)."""
     if user is None:
         return env.get("KERNEL_USERNAME") or None
     claimed = env.get("KERNEL_USERNAME")
     if claimed and claimed != user:
         log.info("start request by %s named KERNEL_USERNAME=%s; using %s", user, claimed, user)
-    env["KERNEL_USERNAME"] = user
     return user
 
 

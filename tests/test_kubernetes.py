@@ -92,7 +92,7 @@ def k8s_files(kube: dict[str, Any]) -> dict[str, str]:
     with open(os.path.join(ROOT, "k8s", "kernel-pod.yaml")) as f:
         template = yaml.safe_load(f)
     container = template["spec"]["containers"][0]
-    container["command"] = [sys.executable, "-m", "raygate.launchers.bootstrap"]
+    container["command"] = [sys.executable, "-m", "raygate.launchers.kernelside.bootstrap"]
     container.pop("workingDir")
     (root / "pod.yaml").write_text(yaml.safe_dump(template))
     (root / "no-containers.yaml").write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers: []\n")

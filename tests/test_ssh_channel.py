@@ -16,13 +16,13 @@ import pytest
 
 from conftest import wait_gone
 from kernelspecs import ipykernel_argv
-from raygate.launchers.report import (
+from raygate.launchers.remote import ReportListener
+from raygate.launchers.wire import (
     CONTROL,
     CONTROL_REPLY,
     REPORT,
     REPORT_ACK,
     ChannelError,
-    ReportListener,
     control_request,
     converse,
     encode_secret,
@@ -139,7 +139,7 @@ async def test_listener_accepts_once_and_rejects_replay_tamper_and_wrong_key() -
 
 def _bootstrap(settings: dict) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "raygate.launchers.bootstrap"],
+        [sys.executable, "-m", "raygate.launchers.kernelside.bootstrap"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ Frames still queued for the old connection when it closed are kept too, so a rec
 neither loses nor repeats them.
 
 A gateway that is killed loses this memory; the kernel side keeps its recent output too
-(:mod:`raygate.launchers.keeper`), and the next gateway seeds each session it finds in
+(:mod:`raygate.launchers.kernelside.keeper`), and the next gateway seeds each session it finds in
 the delivery watermarks (:mod:`.watermarks`) with what came after its watermark.
 """
 

@@ -1,8 +1,9 @@
-"""Starting a kernel process that can be interrupted and never outlives its parent.
+"""The process primitives under :class:`~.supervisor.KernelSupervisor`: starting a
+process that can be interrupted and never outlives its parent, signalling and stopping its
+group, describing its exit, the kernel's argv and connection file.
 
-Used wherever raygate itself spawns the kernel: the local launcher, the Ray kernel actor
-and the remote bootstrap. They also write the kernel's connection file here, so that
-CurveZMQ keys are made the same way everywhere.
+The supervisor is their one user for kernels; the Dask launcher also starts the bootstrap
+itself with :func:`spawn_kernel`, for the same reasons.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .account import Account, needs_switch
 
 ENCRYPTIONS = ("none", "curve")
 
@@ -38,8 +41,27 @@ def _prepare_child() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def format_argv(argv: Sequence[str], connection_file: str, resource_dir: str = "") -> list[str]:
-    """Fill the ``{connection_file}`` and ``{resource_dir}`` fields of a kernelspec argv."""
+def interpreter_names() -> frozenset[str]:
+    """The argv[0] values that mean "this Python": ``python``, ``python3`` and
+    ``python3.N`` of the running version (as jupyter_client maps them)."""
+    major, minor = sys.version_info[:2]
+    return frozenset({"python", f"python{major}", f"python{major}.{minor}"})
+
+
+def format_argv(
+    argv: Sequence[str],
+    connection_file: str,
+    resource_dir: str = "",
+    executable: str = sys.executable,
+) -> list[str]:
+    """A kernelspec argv made runnable here: ``{connection_file}`` and ``{resource_dir}``
+    filled in, and an argv[0] that names this Python (:func:`interpreter_names`) replaced by
+    ``executable``.
+
+    The stock ipykernel kernelspec says ``python``; looked up on PATH it fails where the
+    process runs from a virtualenv that is not activated (a systemd unit, pipx, a Ray node
+    started without the venv's ``bin/`` on PATH), or finds another Python without ipykernel.
+    """
     fields = {"connection_file": connection_file, "resource_dir": resource_dir}
     out = []
     for arg in argv:
@@ -47,6 +69,8 @@ def format_argv(argv: Sequence[str], connection_file: str, resource_dir: str = "
             out.append(arg.format(**fields))
         except (KeyError, IndexError, ValueError):
             out.append(arg)
+    if out and out[0] in interpreter_names() and executable:
+        out[0] = executable
     return out
 
 
@@ -89,12 +113,27 @@ def spawn_kernel(
     env: Mapping[str, str],
     log_path: str,
     cwd: str | None = None,
+    account: Account | None = None,
 ) -> subprocess.Popen:
     """Start ``argv`` in its own session, stdout and stderr to ``log_path``.
 
     Its own session keeps a Ctrl-C at the gateway's terminal from interrupting every
     kernel, and lets an interrupt reach the kernel's own children through the group.
+
+    With an ``account`` other than ours, the child takes its supplementary groups, gid and
+    uid before exec (subprocess does it in that order, before ``_prepare_child``: the death
+    signal must be set after the uid changes, which clears it). Raises
+    :class:`~.account.AccountError` when this process cannot become the account.
     """
+    switch = needs_switch(account)
+    credentials: dict[str, Any] = {}
+    if switch:
+        assert account is not None
+        credentials = {
+            "user": account.uid,
+            "group": account.gid,
+            "extra_groups": list(account.groups or (account.gid,)),
+        }
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(argv),
@@ -106,6 +145,7 @@ def spawn_kernel(
             start_new_session=True,
             preexec_fn=_prepare_child,
             close_fds=True,
+            **credentials,
         )
 
 
@@ -140,6 +180,18 @@ async def terminate(proc: subprocess.Popen, grace: float = 3.0) -> int | None:
     except (ProcessLookupError, PermissionError):
         pass
     return await wait_exit(proc, 5.0)
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's exit status in words (``Popen.returncode``: negative for a signal)."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def tail(path: str, max_bytes: int = 4096, max_lines: int = 25) -> str:

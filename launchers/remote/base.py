@@ -1,165 +1,31 @@
-"""What the launchers that start kernels through the bootstrap share (SSH, Dask, ...).
-
-* :class:`RemoteKernel`: a kernel driven through its bootstrap's control endpoint;
-* :class:`StateStore`: the reattach records a restarted gateway reads (0600 files);
-* :class:`RemoteLauncher`: the report listener, the state and ``find_running``;
-* :func:`requested_resources`: the resource request as numbers, whatever form it came in.
+"""The gateway side of the launchers that start kernels through the bootstrap (SSH, Dask,
+Kubernetes, YARN): :class:`RemoteKernel`, a kernel driven through its bootstrap's control
+endpoint, and :class:`RemoteLauncher`, their base (the report listener, the reattach
+records, ``find_running``). The bootstrap itself is
+:mod:`raygate.launchers.kernelside.bootstrap`; the channel's wire format is
+:mod:`raygate.launchers.wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from raygate.resources import ResourceRequest
-
-from .base import (
-    ConnectionInfo,
-    KernelHandle,
-    KernelSpecInfo,
-    KernelStartError,
-    Launcher,
-    LaunchRequest,
-)
-from .keeper import message_id
-from .report import (
-    ChannelError,
-    ReportListener,
-    control_request,
-    decode_secret,
-    encode_secret,
-)
+from ..base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
+from ..kernelside.keeper import message_id
+from ..wire import ChannelError, control_request, decode_secret, encode_secret
+from .listener import ReportListener
+from .state import StateStore, request_from_dict, request_to_dict
 
 log = logging.getLogger("raygate.launchers.remote")
 
-STATE_VERSION = 1
 DEAD_AFTER_FAILED_CHECKS = 3
 """Liveness checks that time out in a row before a kernel is taken for dead."""
-
-
-def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "raygate")
-
-
-# -- resources --------------------------------------------------------------------------
-
-
-def _resource_request(request: LaunchRequest) -> ResourceRequest:
-    res: Any = request.resources
-    return res if isinstance(res, ResourceRequest) else ResourceRequest.from_dict(res or {})
-
-
-def requested_resources(request: LaunchRequest) -> dict[str, float]:
-    """The amounts a kernel asks for, by the names Dask workers and the like use:
-    ``{"CPU": .., "GPU": .., "memory": bytes, <custom>: ..}`` (only what was asked)."""
-    res = _resource_request(request)
-    out: dict[str, float] = {}
-    if res.cpus:
-        out["CPU"] = res.cpus
-    if res.gpus:
-        out["GPU"] = res.gpus
-    if res.memory:
-        out["memory"] = float(res.memory)
-    out.update({str(name): amount for name, amount in res.custom.items() if amount})
-    return out
-
-
-def placement_constraints(request: LaunchRequest) -> list[str]:
-    """The parts of the request that pick nodes rather than amounts (accelerator type,
-    node labels, a named node), in words; launchers that cannot honour them refuse."""
-    res = _resource_request(request)
-    out = []
-    if res.accelerator_type:
-        out.append(f"accelerator type {res.accelerator_type}")
-    if res.node_labels:
-        out.append("node labels " + ",".join(f"{k}={v}" for k, v in res.node_labels.items()))
-    if res.strategy == "node":
-        out.append(f"node {res.node_id}")
-    return out
-
-
-def describe_resources(resources: dict[str, float]) -> str:
-    if not resources:
-        return "no resources"
-    return ", ".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
-
-
-# -- reattach records --------------------------------------------------------------------
-
-
-def request_to_dict(request: LaunchRequest) -> dict[str, Any]:
-    return dataclasses.asdict(request)  # resources too, read back by LaunchRequest
-
-
-def request_from_dict(data: dict[str, Any]) -> LaunchRequest:
-    spec_fields = {f.name for f in dataclasses.fields(KernelSpecInfo)}
-    spec = KernelSpecInfo(**{k: v for k, v in data["spec"].items() if k in spec_fields})
-    req_fields = {f.name for f in dataclasses.fields(LaunchRequest)} - {"spec"}
-    kwargs = {k: v for k, v in data.items() if k in req_fields}
-    return LaunchRequest(spec=spec, **kwargs)
-
-
-class StateStore:
-    """One JSON file per remote kernel in a private directory: what a gateway needs to
-    serve the kernel again after a restart (host, control port, secret, connection info,
-    the launch request). Directory 0700, files 0600, written atomically."""
-
-    def __init__(self, root: str) -> None:
-        self.root = os.path.join(root or default_state_dir(), "kernels")
-
-    def _path(self, kind: str, kernel_id: str) -> str:
-        return os.path.join(self.root, f"{kind}-{kernel_id}.json")
-
-    def save(self, kind: str, kernel_id: str, record: dict[str, Any]) -> None:
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")  # created 0600
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": STATE_VERSION, "kind": kind, **record}, f)
-            os.replace(tmp, self._path(kind, kernel_id))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def remove(self, kind: str, kernel_id: str) -> None:
-        try:
-            os.unlink(self._path(kind, kernel_id))
-        except FileNotFoundError:
-            pass
-
-    def load(self, kind: str) -> list[dict[str, Any]]:
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return []
-        records = []
-        for name in names:
-            if not (name.startswith(kind + "-") and name.endswith(".json")):
-                continue
-            path = os.path.join(self.root, name)
-            try:
-                with open(path) as f:
-                    record = json.load(f)
-                if record.get("version") != STATE_VERSION or record.get("kind") != kind:
-                    raise ValueError("unknown record version or kind")
-                records.append(record)
-            except (OSError, ValueError) as exc:
-                log.warning("ignoring unreadable kernel record %s: %s", path, exc)
-        return records
 
 
 # -- the handle ---------------------------------------------------------------------------
@@ -316,10 +182,8 @@ class RemoteKernel(KernelHandle):
         parts = []
         if status.get("error"):
             parts.append(str(status["error"]))
-        if status.get("exit_code") is not None:
-            parts.append(f"exited with code {status['exit_code']}")
-        if status.get("tail"):
-            parts.append(str(status["tail"]))
+        if status.get("reason"):  # the kernel supervisor's exit description, with output
+            parts.append(str(status["reason"]))
         return ": ".join(parts)
 
 
@@ -327,7 +191,7 @@ class RemoteKernel(KernelHandle):
 
 
 class RemoteLauncher(Launcher):
-    """Base of launchers whose kernels are started by :mod:`.bootstrap` somewhere else."""
+    """Base of launchers whose kernels are started by the bootstrap somewhere else."""
 
     kind = "remote"
     kernel_class: type[RemoteKernel] = RemoteKernel
@@ -395,16 +259,16 @@ class RemoteLauncher(Launcher):
         placement: dict[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """The bootstrap's settings for a request (see :mod:`.bootstrap`)."""
-        env = dict(request.spec.env)
-        env.update(request.env)
-        if request.username:
-            env["KERNEL_USERNAME"] = request.username
+        """The bootstrap's settings for a request (see :mod:`raygate.launchers.kernelside.bootstrap`)."""
+        # The kernel's environment is composed on the kernel's side (kernelside.env), from
+        # the layers sent here.
         return {
             "kernel_id": request.kernel_id,
             "secret": encode_secret(secret),
             "argv": list(request.spec.argv),
-            "env": env,
+            "spec_env": dict(request.spec.env),
+            "env": dict(request.env),
+            "username": request.username or "",
             "cwd": request.cwd or "",
             "report": {"host": report_host, "port": self.listener.bound_port},
             "placement": placement or {},

@@ -1,4 +1,4 @@
-"""The kernel-side bootstrap: ``python -m raygate.launchers.bootstrap``.
+"""The kernel-side bootstrap: ``python -m raygate.launchers.kernelside.bootstrap``.
 
 Remote environments (an SSH host, a Dask worker, later a pod or a YARN container) run
 this program to start one kernel where they are. It
@@ -8,12 +8,12 @@ this program to start one kernel where they are. It
    removed from the environment once read), else from stdin; the per-kernel secret is in
    it (``secret``, base64) or in the ``RAYGATE_KERNEL_SECRET`` variable, never on the
    command line;
-2. starts the kernel as a supervised child (signals unblocked, its own session, killed
-   if the bootstrap dies: :mod:`raygate.launchers.process`);
+2. starts the kernel through the kernel supervisor (:mod:`.supervisor`: signals
+   unblocked, its own session, killed if the bootstrap dies);
 3. opens a small control endpoint for interrupt, restart, shutdown, liveness and the
-   kernel's kept output (:mod:`raygate.launchers.keeper`);
+   kernel's kept output (:mod:`.keeper`);
 4. reports the kernel's connection info and the control port to the gateway's report
-   listener, sealed with the secret (:mod:`raygate.launchers.report`), and waits for the
+   listener, sealed with the secret (:mod:`raygate.launchers.wire`), and waits for the
    gateway's sealed acknowledgement; without one it stops the kernel and fails.
 
 It then serves control requests until told to shut down, or until the kernel has been
@@ -25,7 +25,9 @@ report, prints ``{"pid": ..., "control_port": ...}`` and exits, so the SSH sessi
 end while the kernel lives on.
 
 Settings: ``kernel_id``, ``secret``, ``argv`` (kernelspec argv with
-``{connection_file}``), ``env`` (added to the inherited environment), ``cwd``,
+``{connection_file}``), ``spec_env`` and ``env`` (the kernelspec's and the request's
+variables), ``username``, ``cwd``, ``account`` (an :class:`.account.Account` as a dict:
+run the kernel as that OS account; the bootstrap must then run as root),
 ``report`` (``{"host", "port"}``), ``ip`` (address the kernel and control endpoint bind;
 default: the address an SSH client reached, else all interfaces), ``advertise`` (address
 the gateway should use; default: the ``RAYGATE_ADVERTISE_ADDRESS`` variable, e.g. a pod's
@@ -33,7 +35,7 @@ IP from the downward API, else this host's address), ``control_port`` (default: 
 60 s), ``placement`` (echoed back in the report), ``encryption`` (``curve``: the kernel's
 sockets are CurveZMQ servers with a keypair made here; only the public key is reported),
 ``keep_output_bytes`` (bound of the kernel's recent output kept here for a gateway
-restarted after a crash, :mod:`raygate.launchers.keeper`; default 32 MiB, 0: none).
+restarted after a crash, :mod:`.keeper`; default 32 MiB, 0: none).
 """
 
 from __future__ import annotations
@@ -47,15 +49,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from .keeper import KEEP_BYTES, OutputKeeper
-from .process import format_argv, signal_group, spawn_kernel, tail, terminate, write_connection_file
-from .report import (
+from ..wire import (
     CONTROL,
     CONTROL_REPLY,
     REPORT,
@@ -70,6 +69,10 @@ from .report import (
     unseal,
     write_frame,
 )
+from .account import Account, AccountError
+from .keeper import KEEP_BYTES
+from .process import tail
+from .supervisor import KernelCommand, KernelSupervisor, SpawnError
 
 log = logging.getLogger("raygate.bootstrap")
 
@@ -137,23 +140,47 @@ def bind_and_advertise(config: dict[str, Any]) -> tuple[str, str]:
     return bind, advertise
 
 
+def kernel_command(config: dict[str, Any]) -> KernelCommand:
+    """What the bootstrap's settings ask the kernel supervisor to run."""
+
+    def variables(key: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (config.get(key) or {}).items()}
+
+    return KernelCommand(
+        kernel_id=config["kernel_id"],
+        argv=list(config["argv"]),
+        spec_env=variables("spec_env"),
+        request_env=variables("env"),
+        username=config.get("username") or None,
+        cwd=config.get("cwd") or None,
+    )
+
+
 class Bootstrap:
     def __init__(self, config: dict[str, Any], runtime_dir: str) -> None:
         self.config = config
         self.kernel_id: str = config["kernel_id"]
         self.secret: bytes = config["secret"]
-        self.runtime_dir = runtime_dir
         self.bind, self.advertise = bind_and_advertise(config)
         self.linger = float(config.get("linger", 60.0))
-        self.connection_file = os.path.join(runtime_dir, "kernel.json")
-        self.log_path = os.path.join(runtime_dir, "kernel.log")
-        self.proc: subprocess.Popen | None = None
+        try:
+            account = Account.from_dict(config["account"]) if config.get("account") else None
+            self.supervisor = KernelSupervisor(
+                kernel_command(config),
+                ip=self.bind,
+                encryption=config.get("encryption") or "none",
+                keep_output_bytes=int(config.get("keep_output_bytes", KEEP_BYTES)),
+                account=account,
+                runtime_root=runtime_dir,
+            )
+        except (AccountError, KeyError, TypeError, ValueError) as exc:
+            raise BootstrapError(f"bad kernel settings: {exc}") from None
         self.connection: dict[str, Any] = {}
+        """The supervisor's connection info with the address the gateway should use."""
         self.server: asyncio.base_events.Server | None = None
         self.done = asyncio.Event()
         self.died_at: float | None = None
         self.busy = asyncio.Lock()
-        self.keeper: OutputKeeper | None = None
 
     @property
     def control_port(self) -> int:
@@ -162,39 +189,15 @@ class Bootstrap:
 
     # -- the kernel process -------------------------------------------------------
 
-    def spawn(self) -> None:
-        argv = format_argv(self.config["argv"], self.connection_file)
-        env = dict(os.environ)
-        env.update({str(k): str(v) for k, v in (self.config.get("env") or {}).items()})
-        env["KERNEL_ID"] = self.kernel_id
-        cwd = self.config.get("cwd")
-        cwd = cwd if cwd and os.path.isdir(cwd) else None
-        try:
-            self.proc = spawn_kernel(argv, env, self.log_path, cwd=cwd)
-        except OSError as exc:
-            raise BootstrapError(f"could not run kernel command {argv[0]!r}: {exc}") from exc
-        self.died_at = None
-        log.info("kernel %s: started pid %d", self.kernel_id, self.proc.pid)
-
-    def _iopub_url(self) -> str:
-        host = "127.0.0.1" if self.bind in ("0.0.0.0", "") else self.bind
-        return f"tcp://{host}:{self.connection['iopub_port']}"
-
-    def start_keeper(self) -> None:
-        """Keep the kernel's recent output here, for a gateway restarted after a crash."""
-        max_bytes = int(self.config.get("keep_output_bytes", KEEP_BYTES))
-        if max_bytes > 0:
-            key = self.connection.get("curve_publickey")
-            self.keeper = OutputKeeper(self._iopub_url(), max_bytes, key)
-
     def kept_output(self, request: dict[str, Any]) -> dict[str, Any]:
         """One page of kept output (the control channel's frames are bounded), base64."""
-        if self.keeper is None:
-            return {"ok": False, "error": "this kernel keeps no output"}
         after = request.get("after") or []
         if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
             return {"ok": False, "error": "'after' must be a list of message ids"}
-        messages, complete, skipped = self.keeper.after(after, KEPT_PAGE_BYTES)
+        kept = self.supervisor.kept_output(after, KEPT_PAGE_BYTES)
+        if kept is None:
+            return {"ok": False, "error": "this kernel keeps no output"}
+        messages, complete, skipped = kept
         return {
             "ok": True,
             "messages": [[base64.b64encode(f).decode() for f in m] for m in messages],
@@ -203,23 +206,19 @@ class Bootstrap:
         }
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    async def stop_kernel(self) -> None:
-        if self.proc is not None:
-            await terminate(self.proc)
+        return self.supervisor.alive()
 
     def status(self) -> dict[str, Any]:
-        code = self.proc.poll() if self.proc is not None else None
+        alive = self.supervisor.alive()
         out: dict[str, Any] = {
             "ok": True,
-            "alive": code is None and self.proc is not None,
-            "pid": self.proc.pid if self.proc else None,
+            "alive": alive,
+            "pid": self.supervisor.pid,
             "bootstrap_pid": os.getpid(),
         }
-        if not out["alive"]:
-            out["exit_code"] = code
-            out["tail"] = tail(self.log_path)
+        if not alive:
+            out["exit_code"] = self.supervisor.returncode()
+            out["reason"] = self.supervisor.exit_reason()
         return out
 
     # -- starting -----------------------------------------------------------------
@@ -231,19 +230,15 @@ class Bootstrap:
         )
         try:
             # With Curve the secret key is made here and never leaves this host.
-            info = write_connection_file(
-                self.connection_file, self.bind, self.config.get("encryption") or "none"
-            )
-        except ValueError as exc:
+            info = self.supervisor.start()
+        except (SpawnError, ValueError) as exc:
             raise BootstrapError(str(exc)) from None
-        info["ip"] = self.advertise
-        self.connection = info
-        self.start_keeper()
-        self.spawn()
+        log.info("kernel %s: started pid %s", self.kernel_id, self.supervisor.pid)
+        self.connection = {**info, "ip": self.advertise}
         report = {
             "connection": self.connection,
             "control": {"host": self.advertise, "port": self.control_port},
-            "pid": self.proc.pid if self.proc else None,
+            "pid": self.supervisor.pid,
             "bootstrap_pid": os.getpid(),
             "hostname": socket.gethostname(),
             "placement": self.config.get("placement") or {},
@@ -251,7 +246,7 @@ class Bootstrap:
         try:
             await self._report(report)
         except BaseException:
-            await self.stop_kernel()
+            await self.supervisor.stop()
             raise
         return {"pid": os.getpid(), "kernel_pid": report["pid"], "control_port": self.control_port}
 
@@ -302,20 +297,19 @@ class Bootstrap:
                 if self.died_at is None:
                     self.died_at = time.monotonic()
                     log.warning(
-                        "kernel %s: exited (%s); waiting %gs for a restart",
+                        "kernel %s: %s; waiting %gs for a restart",
                         self.kernel_id,
-                        self.proc.poll() if self.proc else None,
+                        self.supervisor.exit_reason() or "no output",
                         self.linger,
                     )
                 elif time.monotonic() - self.died_at > self.linger:
                     log.warning("kernel %s: no restart asked for; exiting", self.kernel_id)
                     break
         finally:
-            await self.stop_kernel()
+            await self.supervisor.stop()
             if self.server is not None:
                 self.server.close()
-            if self.keeper is not None:
-                self.keeper.close()
+            self.supervisor.close()
 
     async def _serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -349,35 +343,31 @@ class Bootstrap:
             signum = request.get("signum")
             if not isinstance(signum, int) or not 0 < signum < signal.NSIG:
                 return {"ok": False, "error": f"bad signal {signum!r}"}
-            if self.proc is not None:
-                signal_group(self.proc, signum)
+            self.supervisor.signal(signum)
             return {"ok": True}
         if op == "kept_output":
             return self.kept_output(request)
         if op == "restart":
             async with self.busy:
-                await self.stop_kernel()
                 try:
-                    self.spawn()
-                except BootstrapError as exc:
+                    await self.supervisor.restart()
+                except SpawnError as exc:
                     return {"ok": False, "error": str(exc)}
-                if self.keeper is not None:  # same port; the key may be new
-                    key = self.connection.get("curve_publickey")
-                    self.keeper.retarget(self._iopub_url(), key)
-            return {"ok": True, "connection": self.connection, "pid": self.proc.pid}
+                self.died_at = None
+            return {"ok": True, "connection": self.connection, "pid": self.supervisor.pid}
         if op == "shutdown":
             async with self.busy:
-                await self.stop_kernel()
+                await self.supervisor.stop()
             return {"ok": True}
         return {"ok": False, "error": f"unknown operation {op!r}"}
 
 
 async def serve(config: dict[str, Any], runtime_dir: str, notify: int | None = None) -> int:
-    boot = Bootstrap(config, runtime_dir)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, boot.done.set)
     try:
+        boot = Bootstrap(config, runtime_dir)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, boot.done.set)
         started = await boot.start()
     except (BootstrapError, OSError) as exc:
         _notify(notify, {"ok": False, "error": str(exc)})
@@ -444,7 +434,7 @@ def _detach(config: dict[str, Any], runtime_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m raygate.launchers.bootstrap",
+        prog="python -m raygate.launchers.kernelside.bootstrap",
         description="Start one kernel here and report it to a raygate gateway.",
     )
     parser.add_argument(

@@ -1,9 +1,13 @@
-"""The authenticated, encrypted channel between the gateway and a remote kernel bootstrap.
+"""The wire protocol both sides of the remote-kernel channel speak: the gateway (its
+report listener, :mod:`raygate.launchers.remote.listener`, and control requests) and the
+kernel-side bootstrap (:mod:`raygate.launchers.kernelside.bootstrap`).
+
+It is an authenticated, encrypted channel between the gateway and a remote kernel bootstrap.
 
 Two conversations use it, both over plain TCP and both sealed with the kernel's own
 secret (32 random bytes made by the gateway for that kernel, never on a command line):
 
-* the **report**: the bootstrap connects to the gateway's :class:`ReportListener` and
+* the **report**: the bootstrap connects to the gateway's report listener and
   tells it where the kernel it started listens (connection info, control port, pid);
 * **control**: the gateway connects to the bootstrap's control endpoint to interrupt,
   restart, stop or check the kernel (:func:`control_request`).
@@ -31,17 +35,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import os
 import struct
 import time
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-log = logging.getLogger("raygate.launchers.report")
 
 VERSION = 1
 HELLO = b"RGH1"
@@ -181,7 +181,7 @@ async def read_hello(reader: asyncio.StreamReader) -> bytes:
     return frame[len(HELLO) :]
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     try:
         await writer.wait_closed()
@@ -215,7 +215,7 @@ async def converse(
             frame = await read_frame(reader)
             return unseal(secret, kernel_id, reply_purpose, challenge, frame)
         finally:
-            await _close(writer)
+            await close_writer(writer)
 
     return await asyncio.wait_for(run(), timeout)
 
@@ -227,102 +227,3 @@ async def control_request(
     return await converse(
         host, port, secret, kernel_id, CONTROL, CONTROL_REPLY, {"op": op, **args}, timeout
     )
-
-
-# -- the gateway's report listener ------------------------------------------------------
-
-
-@dataclass
-class _Expected:
-    secret: bytes
-    future: asyncio.Future
-
-
-class ReportListener:
-    """One TCP listener in the gateway that receives the reports of every remote kernel.
-
-    A launcher calls :meth:`expect` with the kernel's id and secret before it starts the
-    bootstrap, then awaits the returned future. A report is accepted once: the expectation
-    is consumed by the first authentic report for that kernel.
-    """
-
-    _shared: ClassVar[dict[tuple[str, int], ReportListener]] = {}
-
-    @classmethod
-    def shared(cls, host: str = "0.0.0.0", port: int = 0) -> ReportListener:
-        """The one listener of this process for ``host:port``, shared by its launchers."""
-        key = (host, port)
-        if key not in cls._shared:
-            cls._shared[key] = cls(host, port)
-        return cls._shared[key]
-
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, max_skew: float = MAX_SKEW) -> None:
-        self.host = host
-        self.port = port
-        self.max_skew = max_skew
-        self.rejected = 0
-        """Reports dropped because they did not authenticate (for tests and metrics)."""
-        self._expected: dict[str, _Expected] = {}
-        self._server: asyncio.base_events.Server | None = None
-        self._users = 0
-
-    @property
-    def bound_port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("report listener is not started")
-        return self._server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        """Start listening (once; further calls only count users for :meth:`close`)."""
-        self._users += 1
-        if self._server is None:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port)
-            log.info("listening for kernel reports on %s:%d", self.host, self.bound_port)
-
-    async def close(self) -> None:
-        self._users = max(0, self._users - 1)
-        if self._users == 0 and self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-            for expected in self._expected.values():
-                if not expected.future.done():
-                    expected.future.cancel()
-            self._expected.clear()
-
-    def expect(self, kernel_id: str, secret: bytes) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self._expected[kernel_id] = _Expected(secret, future)
-        return future
-
-    def forget(self, kernel_id: str) -> None:
-        expected = self._expected.pop(kernel_id, None)
-        if expected is not None and not expected.future.done():
-            expected.future.cancel()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        kernel_id = "?"
-        try:
-            challenge = await send_hello(writer)
-            frame = await asyncio.wait_for(read_frame(reader), 30)
-            kernel_id = sealed_kernel_id(frame)
-            expected = self._expected.get(kernel_id)
-            if expected is None:
-                raise ChannelError("no report is expected for this kernel")
-            payload = unseal(
-                expected.secret, kernel_id, REPORT, challenge, frame, max_skew=self.max_skew
-            )
-            # Consumed before the answer: a second report for the launch is refused.
-            del self._expected[kernel_id]
-            write_frame(
-                writer, seal(expected.secret, kernel_id, REPORT_ACK, challenge, {"ok": True})
-            )
-            await writer.drain()
-            if not expected.future.done():
-                expected.future.set_result(payload)
-        except (TimeoutError, ChannelError, OSError) as exc:
-            self.rejected += 1
-            log.warning("rejected a kernel report from %s for kernel %s: %s", peer, kernel_id, exc)
-        finally:
-            await _close(writer)

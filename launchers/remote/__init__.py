@@ -1,0 +1,32 @@
+"""The gateway side of launchers whose kernels a bootstrap starts elsewhere.
+
+* :mod:`.base`: :class:`RemoteKernel` and :class:`RemoteLauncher`;
+* :mod:`.state`: the reattach records a restarted gateway reads;
+* :mod:`.listener`: the report listener every bootstrap reports to;
+* :mod:`.resources`: the resource request in the forms remote environments use.
+"""
+
+from .base import DEAD_AFTER_FAILED_CHECKS, RemoteKernel, RemoteLauncher
+from .listener import ReportListener
+from .resources import (
+    _resource_request,
+    describe_resources,
+    placement_constraints,
+    requested_resources,
+)
+from .state import StateStore, default_state_dir, request_from_dict, request_to_dict
+
+__all__ = [
+    "DEAD_AFTER_FAILED_CHECKS",
+    "RemoteKernel",
+    "RemoteLauncher",
+    "ReportListener",
+    "StateStore",
+    "_resource_request",
+    "default_state_dir",
+    "describe_resources",
+    "placement_constraints",
+    "request_from_dict",
+    "request_to_dict",
+    "requested_resources",
+]
