@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 from .base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
+from .kernelside.account import Account, AccountError
 from .kernelside.supervisor import KernelCommand, KernelSupervisor, SpawnError
 
 
@@ -73,17 +74,25 @@ class LocalLauncher(Launcher):
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
+    def account_for(self, request: LaunchRequest) -> Account | None:
+        """The OS account the request's kernel runs as; None (the default): the gateway's
+        own. The hook where per-user isolation (issue 18) names the user's account."""
+        return None
+
     async def launch(self, request: LaunchRequest) -> KernelHandle:
         if not self.runtime_dir:
             await self.start()
-        supervisor = KernelSupervisor(
-            kernel_command(request),
-            ip=self.ip,
-            encryption=request.encryption,
-            runtime_root=self.runtime_dir,
-        )
         try:
+            supervisor = KernelSupervisor(
+                kernel_command(request),
+                ip=self.ip,
+                encryption=request.encryption,
+                account=self.account_for(request),
+                runtime_root=self.runtime_dir,
+            )
             supervisor.start()
+        except AccountError as exc:
+            raise KernelStartError(str(exc), 403) from None
         except SpawnError as exc:
             raise start_error(exc) from None
         except ValueError as exc:  # an encryption this host cannot do
