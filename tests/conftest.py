@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NoReturn
 
 import httpx
 import psutil
@@ -19,6 +21,27 @@ from kgclient import Gateway, KernelWS
 from logcheck import assert_clean_log
 
 TOKEN = "test-token"
+
+IN_CI = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CI", "RAYGATE_CI"))
+"""Under CI (``CI=true``, as .ci/run is run, or ``RAYGATE_CI=1``) every tool the tests need
+must be there: a missing one fails its tests instead of skipping them."""
+
+
+def missing(what: str, install: str) -> NoReturn:
+    """Skip the test for want of ``what`` on a developer's machine; fail it under CI, where
+    .ci/run must have installed it (``install`` says how)."""
+    reason = f"{what} is missing ({install})"
+    if IN_CI:
+        pytest.fail(f"{reason}: CI must run every test", pytrace=False)
+    pytest.skip(reason)
+
+
+def needed_module(name: str, install: str = "pip install -e '.[test]'") -> Any:
+    """``import name``, or ``missing`` it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name}", install)
 
 
 def free_port() -> int:
@@ -177,7 +200,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sshd import SSHD, SSHServer
 
     if not os.path.exists(SSHD):
-        pytest.skip("openssh-server is not installed (.ci/run installs it)")
+        missing("sshd", "apt-get install openssh-server; .ci/run does")
     server = SSHServer(
         str(tmp_path_factory.mktemp("sshd")), ["127.0.0.2", "127.0.0.3"], unlisted=["127.0.0.5"]
     )

@@ -91,18 +91,22 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while True:
             try:
                 near, _ = self.listener.accept()
+                far = socket.create_connection(self.target)
             except OSError:
                 return
-            far = socket.create_connection(self.target)
-            self.sockets += [near, far]
-            for src, dst in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            with self.lock:
+                self.sockets += [near, far]
+                for src, dst in ((near, far), (far, near)):
+                    pump = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                    self.threads.append(pump)
+                    pump.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         while True:
@@ -117,8 +121,20 @@ class Relay:
                 return
 
     def close(self) -> None:
-        for sock in self.sockets:
+        """Stop every thread of the relay: a blocked ``accept`` or ``recv`` returns only
+        when its socket is shut down (closing it from another thread does not wake it)."""
+        with self.lock:
+            sockets, threads = list(self.sockets), list(self.threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected
+        for thread in threads:
+            thread.join(10)
+        for sock in sockets:
             sock.close()
+        assert not [t for t in threads if t.is_alive()], "the relay's threads did not stop"
 
 
 def shell_bytes_of_execute(info: dict[str, Any], code: str) -> bytes:
@@ -170,12 +186,18 @@ async def test_curve_kernel_executes_interrupts_and_restarts(
     assert out.status == "ok" and out.result == "(False, 2)"  # a fresh kernel, still reached
     after = await kernel_connection_file(curve_gateway, kernel_id)
     assert_curve_keys(after)
+    # as the README says: a restart keeps the kernel's keys (clients need not learn new ones)
+    assert (after["curve_publickey"], after["curve_secretkey"]) == (
+        first["curve_publickey"],
+        first["curve_secretkey"],
+    )
 
     # the kernel's secret key is never shown by the API
     for path in (f"/api/kernels/{kernel_id}", "/api/kernels"):
         assert first["curve_secretkey"] not in curve_gateway.get(path).text
 
     pids = curve_server.kernel_pids()
+    assert pids
     curve_gateway.shutdown_kernel(kernel_id)
     assert wait_gone(pids) == []
 

@@ -17,8 +17,6 @@ import pytest
 from conftest import ServerProcess, free_port, wait_gone
 from kernelspecs import ipykernel_argv, write_kernelspec
 
-pytest.importorskip("distributed")
-
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
+from kubernetes.client.rest import ApiException
 
 import standins
 from conftest import (
@@ -35,9 +37,6 @@ from conftest import (
 )
 from kernelspecs import ipykernel_argv, write_kernelspec
 from kgclient import Gateway
-
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

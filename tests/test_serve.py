@@ -49,6 +49,7 @@ def test_sigint_stops_kernels(start_server) -> None:
     server: ServerProcess = start_server("--default-launcher", "local")
     server.client.start_kernel()
     pids = server.kernel_pids()
+    assert pids
     server.stop(signal.SIGINT)
     assert wait_gone(pids) == []
 

@@ -11,7 +11,7 @@ import os
 import httpx
 import pytest
 
-from conftest import TOKEN
+from conftest import TOKEN, missing, needed_module
 from kgclient import message
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,13 +28,13 @@ CHROMIUM_ARGS = [
 WAIT_MS = 30_000
 """How long the page may take to show a change (it refreshes every 2 s; CI is busy)."""
 
-pytestmark = [
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason=f"no chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)",
-    ),
-    pytest.mark.timeout(180),
-]
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> None:
+    if not os.path.exists(CHROMIUM):
+        missing(f"chromium at {CHROMIUM}", "apt-get install chromium; .ci/run does")
 
 
 def test_status_page_and_data_need_the_token(start_server) -> None:
@@ -50,7 +50,7 @@ def test_status_page_and_data_need_the_token(start_server) -> None:
 
 
 async def test_status_page_in_a_browser(start_server, tmp_path) -> None:
-    async_api = pytest.importorskip("playwright.async_api")
+    async_api = needed_module("playwright.async_api")
     expect = async_api.expect
 
     server = start_server("--default-launcher", "local")
