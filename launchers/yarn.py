@@ -13,7 +13,8 @@ Each kernel is one application whose AM container runs the bootstrap
    id;
 3. ``GET /ws/v1/cluster/apps/{id}`` until the bootstrap reports: an application that ends
    first fails the start with the RM's diagnostics (500); one still ``ACCEPTED`` at the
-   launch timeout is killed and the start fails with the RM's diagnostics (503: capacity);
+   launch timeout with no AM container is killed and the start fails with the RM's
+   diagnostics (503: capacity), one whose container runs but did not report with a 504;
    the AM host comes from ``amHostHttpAddress``.
 
 From then on the gateway talks to the bootstrap's control endpoint, as with SSH and Dask.
@@ -302,7 +303,9 @@ class YarnLauncher(RemoteLauncher):
         memory, vcores = container_size(request)
         state = app.get("state", "unknown")
         diagnostics = app.get("diagnostics") or "no diagnostics"
-        if state != "RUNNING":
+        # Whether the AM container was placed: a real RM keeps the application ACCEPTED
+        # while the bootstrap (which never registers as an AM) runs, with its AM host set.
+        if state != "RUNNING" and not app.get("amHostHttpAddress"):
             return KernelStartError(
                 f"gave up after waiting {waited:g}s: YARN application {app_id} stayed {state} "
                 f"in queue {app.get('queue', self._queue_for(request))} (it asks for "

@@ -118,7 +118,10 @@ async def test_yarn_kernel_start_execute_shutdown(
     assert placement["queue"] == "kernels" and placement["host"] == "127.0.0.1"
     assert placement["container"] == {"memory_mb": 1536, "vcores": 2}
     app = app_report(yarn_rm, placement["application_id"])
-    assert app["state"] == "RUNNING" and app["queue"] == "kernels"
+    # as a real RM shows it: the bootstrap never registers as an AM, so the application
+    # stays ACCEPTED while its container runs the kernel
+    assert app["state"] == "ACCEPTED" and app["queue"] == "kernels"
+    assert "waiting for AM container to Register with RM" in app["diagnostics"]
     assert (app["allocatedMB"], app["allocatedVCores"]) == (1536, 2)
     assert app["applicationTags"].split(",") == ["raygate", model["id"]]
     assert app["applicationType"] == "RAYGATE" and app["user"] == getpass.getuser()
@@ -149,6 +152,17 @@ def test_application_stuck_in_accepted_times_out_with_the_rms_diagnostics(
     assert "Queue's AM resource limit exceeded" in text
     apps = httpx.get(f"{yarn_rm}/ws/v1/cluster/apps", params={"queue": "full"}).json()
     assert [a["state"] for a in apps["apps"]["app"]] == ["KILLED"]  # not left queued
+
+
+def test_container_whose_kernel_does_not_report_in_time_is_a_504(
+    yarn_gateway: ServerProcess, yarn_rm: str
+) -> None:
+    """Placed (its AM container runs, the application still ACCEPTED as on a real RM) but
+    too slow: a timeout of the kernel (504: its bootstrap or the kernel did not answer in
+    time), not a want of capacity (503)."""
+    env = {"KERNEL_QUEUE": "kernels", "KERNEL_LAUNCH_TIMEOUT": "1"}
+    text = start_fails(yarn_gateway.client, env, 504, 8)
+    assert "did not" in text and "capacity" not in text and "stayed ACCEPTED" not in text
 
 
 async def test_gateway_restart_finds_its_applications(

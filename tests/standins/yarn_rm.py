@@ -26,11 +26,16 @@ applications (its AM resource limit is zero), so they stay ``ACCEPTED`` with the
 scheduler's diagnostics. A queue the RM does not know fails the application as the
 CapacityScheduler does.
 
-Where it differs from a real RM: the application turns ``RUNNING`` as soon as its AM
-container runs, whereas a real RM waits for the AM to register over the AM-RM protocol
-(and expires an AM that never does); an AM that exits ends the application
-``FINISHED``/``FAILED`` by exit code. No security (``user.name`` is taken as given),
-no local resources, one attempt.
+As on a real RM, an application whose AM container runs stays ``ACCEPTED`` (with its AM
+host, allocation and "waiting for AM container to Register with RM" in its report) until
+its AM registers over the AM-RM protocol; raygate's bootstrap does not register, so its
+applications never turn ``RUNNING`` (``--am-registers`` makes the stand-in act as if every
+AM registered once its container runs, for a client that needs ``RUNNING``). An AM that
+exits ends the application ``FINISHED``/``FAILED`` by exit code.
+
+Where it differs from a real RM: it does not expire an AM that never registers
+(``yarn.am.liveness-monitor.expiry-interval-ms``, 10 minutes by default). No security
+(``user.name`` is taken as given), no local resources, one attempt.
 
 Run (from tests/): ``python -m standins.yarn_rm --port P [--queues default,kernels --stuck-queue full]``.
 """
@@ -101,6 +106,7 @@ class ResourceManager:
         self.apps: dict[str, dict[str, Any]] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.root = tempfile.mkdtemp(prefix="yarn-standin-")
+        self.am_registers = args.am_registers
 
     def new_application(self) -> dict[str, Any]:
         self.counter += 1
@@ -178,18 +184,19 @@ class ResourceManager:
         return None
 
     def used(self) -> tuple[int, int]:
-        running = [a for a in self.apps.values() if a["state"] == "RUNNING"]
-        return sum(a["_memory"] for a in running), sum(a["_vcores"] for a in running)
+        """What the AM containers that run hold of the node."""
+        held = [self.apps[app_id] for app_id in self.procs]
+        return sum(a["_memory"] for a in held), sum(a["_vcores"] for a in held)
 
     def tick(self) -> None:
         for app_id, app in list(self.apps.items()):
-            if app["state"] == "ACCEPTED":
-                self.try_launch(app_id, app)
-            elif app["state"] == "RUNNING" and app_id in self.procs:
+            if app_id in self.procs:
                 code = self.procs[app_id].poll()
                 if code is not None:
                     self.procs.pop(app_id)
                     self.finish(app, code)
+            elif app["state"] == "ACCEPTED":
+                self.try_launch(app_id, app)
 
     def try_launch(self, app_id: str, app: dict[str, Any]) -> None:
         memory, vcores = app["_memory"], app["_vcores"]
@@ -230,17 +237,19 @@ class ResourceManager:
             app.update(state="FAILED", finalStatus="FAILED", diagnostics=str(exc))
             return
         self.procs[app_id] = proc
+        now = datetime.now().strftime("%a %b %d %H:%M:%S %z %Y")
         app.update(
-            state="RUNNING",
             launchTime=int(time.time() * 1000),
             amHostHttpAddress=NODE_HTTP,
             amContainerLogs=f"http://{NODE_HTTP}/node/containerlogs/{app_id}",
-            trackingUI="ApplicationMaster",
             allocatedMB=memory,
             allocatedVCores=vcores,
             runningContainers=1,
-            diagnostics="",
+            diagnostics=f"[{now}] AM container is launched, waiting for AM container to "
+            "Register with RM",
         )
+        if self.am_registers:
+            app.update(state="RUNNING", trackingUI="ApplicationMaster", diagnostics="")
 
     def finish(self, app: dict[str, Any], code: int) -> None:
         state, final = ("FINISHED", "SUCCEEDED") if code == 0 else ("FAILED", "FAILED")
@@ -375,6 +384,7 @@ def main() -> None:
     parser.add_argument("--max-vcores", type=int, default=8)
     parser.add_argument("--node-memory", type=int, default=16384)
     parser.add_argument("--node-vcores", type=int, default=16)
+    parser.add_argument("--am-registers", action="store_true")
     args = parser.parse_args()
     uvicorn.run(
         make_app(ResourceManager(args)), host=args.host, port=args.port, log_level="warning"
