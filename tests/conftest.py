@@ -209,22 +209,41 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     server.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial: sensitive to the load of other tests (many kernels, memory growth); .ci/run "
+        "runs these after the others, alone",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup``, every test of the session's Ray cluster runs
+    on one worker, so one cluster serves them all (before xdist reads the groups)."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray-cluster"))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
-    """One real two-node Ray cluster (logical GPUs on the second node) for the session."""
+    """One real two-node Ray cluster (logical GPUs on the second node) for the session (for
+    the worker that runs the Ray tests, under xdist)."""
     from ray_cluster import RayTestCluster
 
     cluster = RayTestCluster()
-    try:
-        cluster.start()
-    except Exception:
-        # Ray sometimes gives up on a node's startup on a busy machine: once more, from clean.
-        cluster.stop()
+    for attempt in range(3):
         try:
             cluster.start()
+            break
         except Exception:
+            # Ray gives up on a node that is not up in 30 s, as on a busy machine: again,
+            # from clean.
             cluster.stop()
-            raise
+            if attempt == 2:
+                raise
+            cluster = RayTestCluster()
     try:
         yield cluster
     finally:

@@ -18,7 +18,7 @@ from conftest import ServerProcess, wait_gone
 from kgclient import Gateway
 from raygate.limits import FDS_PER_KERNEL, MIN_RESERVE, reserve
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
 
 KERNELS = 30
 
