@@ -43,7 +43,8 @@ async def test_metrics_follow_kernels_and_traffic(gateway: Gateway) -> None:
     started = "raygate_kernel_start_seconds_count"
     labels = {"launcher": "local", "kernelspec": "python3"}
     assert value(after_start, started, **labels) == value(before, started, **labels) + 1
-    assert value(after_start, "raygate_gpus_held", launcher="local") >= 1
+    gpus = "raygate_gpus_held"
+    assert value(after_start, gpus, launcher="local") == value(before, gpus, launcher="local") + 1
     failures = "raygate_kernel_start_failures_total"
     for code, reason in (("404", "unknown_kernelspec"), ("400", "bad_request")):
         assert value(after_start, failures, code=code, reason=reason) == (
@@ -55,11 +56,12 @@ async def test_metrics_follow_kernels_and_traffic(gateway: Gateway) -> None:
         result = await ws.execute("print('x' * 20000)")
         assert result.stdout.strip() == "x" * 20000
         during = scrape(gateway)
-        assert value(during, "raygate_websocket_connections") >= 1
+        connections = "raygate_websocket_connections"
+        assert value(during, connections) == value(before, connections) + 1
     finally:
         await ws.close()
     opened = "raygate_websocket_connections_opened_total"
-    assert value(during, opened) >= value(before, opened) + 1
+    assert value(during, opened) == value(before, opened) + 1
     iopub_out = {"direction": "from_kernel", "channel": "iopub"}
     shell_in = {"direction": "to_kernel", "channel": "shell"}
     bytes_total = "raygate_bridge_bytes_total"

@@ -84,6 +84,17 @@ def ssh_server(
     server.stop()
 
 
+def pair_specs(root: str, sshd: SSHServer) -> str:
+    """A kernelspec whose kernels go to the two live hosts only."""
+    write_kernelspec(
+        root,
+        "ssh-pair",
+        ipykernel_argv(),
+        metadata={"raygate": {"launcher": "ssh", "ssh": {"hosts": sshd.hosts()}}},
+    )
+    return root
+
+
 @pytest.fixture
 def ssh_gateway(ssh_server: ServerProcess) -> Iterator[Gateway]:
     client = ssh_server.client
@@ -260,7 +271,7 @@ async def test_host_keys_new_accepted_only_when_allowed_and_changed_always_refus
         await trusting._connect(SSHHost("127.0.0.2", sshd.port), "root")
 
 
-def test_host_order_round_robin_least_kernels_and_users() -> None:
+def test_hosts_pinning_and_users() -> None:
     from raygate.launchers.base import KernelSpecInfo, KernelStartError, LaunchRequest
     from raygate.launchers.ssh import SSHHost, SSHLauncher
 
@@ -268,16 +279,9 @@ def test_host_order_round_robin_least_kernels_and_users() -> None:
         spec = KernelSpecInfo("k", ipykernel_argv())
         return LaunchRequest("id", spec, env, 10.0, username=env.get("KERNEL_USERNAME"))
 
-    launcher = SSHLauncher(hosts="a,b:2222,c", selection="least-kernels", user="svc")
+    launcher = SSHLauncher(hosts="a,b:2222,c", user="svc")
     hosts = launcher.hosts
     assert [str(h) for h in hosts] == ["a", "b:2222", "c"]
-
-    class Fake:
-        def __init__(self, host: str) -> None:
-            self.placement = {"ssh_host": host}
-
-    launcher.kernels = {"1": Fake("a"), "2": Fake("a"), "3": Fake("c")}
-    assert [str(h) for h in launcher._order(hosts, request())] == ["b:2222", "c", "a"]
     assert [str(h) for h in launcher._order(hosts, request(KERNEL_REMOTE_HOST="b"))] == ["b:2222"]
 
     assert launcher._user(hosts[0], request(KERNEL_USERNAME="bob")) == "svc"
@@ -287,3 +291,28 @@ def test_host_order_round_robin_least_kernels_and_users() -> None:
         launcher._user(hosts[0], request(KERNEL_USERNAME="bob; rm -rf /"))
     assert err.value.status == 400
     assert SSHHost.parse("alice@[::1]:2200") == SSHHost("::1", 2200, "alice")
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        # each start takes the next host, whatever ran before
+        ("round-robin", ["127.0.0.2", "127.0.0.3", "127.0.0.2"]),
+        # each start takes the host with the fewest kernels (ties: the first listed)
+        ("least-kernels", ["127.0.0.2", "127.0.0.3", "127.0.0.3"]),
+    ],
+)
+def test_host_selection(
+    start_server, sshd: SSHServer, tmp_path, selection: str, expected: list[str]
+) -> None:
+    specs = pair_specs(str(tmp_path / "specs"), sshd)
+    args = gateway_args(sshd, specs, str(tmp_path / "state"), "--ssh-host-selection", selection)
+    gw = start_server(*args).client
+    # two kernels, the second shut down, then a third: round robin goes on to the first
+    # host again, least-kernels fills the host the shut-down kernel left
+    first, second = (gw.start_kernel("ssh-pair") for _ in range(2))
+    gw.shutdown_kernel(second["id"])
+    third = gw.start_kernel("ssh-pair")
+    assert [k["placement"]["host"] for k in (first, second, third)] == expected
+    for kernel in (first, third):
+        gw.shutdown_kernel(kernel["id"])
