@@ -69,6 +69,10 @@ def dask_specs(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("dask-kernelspecs"))
     meta = {"raygate": {"launcher": "dask"}}
     write_kernelspec(root, "dask-python", ipykernel_argv(), metadata=meta)
+    nobody = {
+        "raygate": {"launcher": "dask", "dask": {"scheduler": f"tcp://127.0.0.1:{free_port()}"}}
+    }
+    write_kernelspec(root, "dask-unreachable", ipykernel_argv(), metadata=nobody)
     return root
 
 
@@ -172,3 +176,15 @@ async def test_restart_and_reattach_after_gateway_sigkill(
         "dask-python", env={"KERNEL_GPUS": "1", "KERNEL_LAUNCH_TIMEOUT": "20"}
     )
     second.client.shutdown_kernel(again["id"])
+
+
+def test_unreachable_scheduler_is_a_503_that_names_it(dask_gateway) -> None:
+    server, _ = dask_gateway
+    started = time.monotonic()
+    r = server.client.post("/api/kernels", json={"name": "dask-unreachable"})
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert set(body) == {"reason", "message"}
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:" in body["message"]
+    assert time.monotonic() - started < 30
+    assert server.client.get("/api/kernels").json() == []

@@ -185,3 +185,16 @@ async def test_gateway_restart_finds_its_applications(
     assert second.client.delete(f"/api/kernels/{kept['id']}").status_code == 204
     assert wait_state(yarn_rm, kept["placement"]["application_id"], "KILLED")["state"] == "KILLED"
     assert wait_gone(remote_pids(kept) + remote_pids(lost)) == []
+
+
+def test_unreachable_resource_manager_is_a_503_that_names_it(
+    start_server: Callable[..., ServerProcess], yarn_args: list[str]
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = list(yarn_args)
+    args[args.index("--yarn-endpoint") + 1] = nowhere
+    gw = start_server(*args).client
+    r = gw.post("/api/kernels", json={"name": "yarn-python"})
+    assert r.status_code == 503, r.text
+    assert f"cannot reach the YARN ResourceManager at {nowhere}" in r.json()["message"]
+    assert gw.get("/api/kernels").json() == []
