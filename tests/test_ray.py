@@ -148,6 +148,50 @@ def test_impossible_request_fails_fast(gw: Gateway) -> None:
     assert r.status_code == 400 and "nowhere" in r.json()["message"], r.text
 
 
+def test_node_strategy_pins_the_kernel_and_soft_falls_back(gw: Gateway, ray_cluster) -> None:
+    for node in (ray_cluster.head_node_id, ray_cluster.gpu_node_id):
+        kernel = gw.start_kernel(env={"KERNEL_SCHEDULING_STRATEGY": f"node:{node}"})
+        assert kernel["placement"]["node_id"] == node
+        gw.shutdown_kernel(kernel["id"])
+    # a soft affinity to a node that cannot hold the kernel: another node does
+    full = {"KERNEL_SCHEDULING_STRATEGY": f"node:{ray_cluster.head_node_id}:soft"}
+    kernel = gw.start_kernel(env={**full, "KERNEL_GPUS": "1"})
+    assert kernel["placement"]["node_id"] == ray_cluster.gpu_node_id
+
+
+def test_spread_strategy_puts_kernels_on_different_nodes(gw: Gateway, ray_cluster) -> None:
+    spread = {"KERNEL_SCHEDULING_STRATEGY": "spread", "KERNEL_CPUS": "0.5"}
+    nodes = {gw.start_kernel(env=spread)["placement"]["node_id"] for _ in range(2)}
+    assert nodes == {ray_cluster.head_node_id, ray_cluster.gpu_node_id}
+
+
+def test_accelerator_type_no_node_has_fails_fast(gw: Gateway) -> None:
+    started = time.monotonic()
+    r = gw.post(
+        "/api/kernels", json={"name": "python3", "env": {"KERNEL_ACCELERATOR_TYPE": "A100"}}
+    )
+    assert r.status_code == 400, r.text
+    assert time.monotonic() - started < 5
+    assert "A100" in r.json()["message"], r.text
+
+
+async def test_token_from_a_file(ray_cluster, specs: str, tmp_path) -> None:
+    """--ray-auth-token-file alone (no RAY_AUTH_TOKEN in the environment) joins the cluster."""
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(ray_cluster.token)
+    namespace = f"rg-token-file-{uuid.uuid4().hex[:8]}"
+    args = ray_args(ray_cluster, namespace, specs, "--ray-auth-token-file", str(token_file))
+    server = ServerProcess(args)
+    try:
+        server.wait_ready(120)
+        kernel = server.client.start_kernel()
+        assert (await server.client.run(kernel["id"], "print(6 * 7)")).stdout == "42\n"
+        server.client.shutdown_kernel(kernel["id"])
+    finally:
+        server.stop()
+    assert ray_cluster.wait_actors(namespace, set(), timeout=15) == {}
+
+
 def test_bad_resource_values_are_400(gw: Gateway) -> None:
     for env, words in (
         ({"KERNEL_MEMORY": "lots"}, "KERNEL_MEMORY"),
