@@ -22,7 +22,14 @@ import httpx
 import pytest
 
 import standins
-from conftest import ServerProcess, free_port, remote_pids, stop_process, wait_gone
+from conftest import (
+    ServerProcess,
+    assert_interrupts,
+    free_port,
+    remote_pids,
+    stop_process,
+    wait_gone,
+)
 from kernelspecs import ipykernel_argv, write_kernelspec
 from kgclient import Gateway
 
@@ -140,6 +147,26 @@ async def test_yarn_kernel_start_execute_shutdown(
     assert gw.delete(f"/api/kernels/{model['id']}").status_code == 204
     assert wait_state(yarn_rm, placement["application_id"], "KILLED")["state"] == "KILLED"
     assert wait_gone(remote_pids(model)) == []
+
+
+async def test_yarn_kernel_interrupt_and_restart(yarn_gateway: ServerProcess, yarn_rm: str) -> None:
+    """Both through the bootstrap in the application's container: the application stays."""
+    gw = yarn_gateway.client
+    model = gw.start_kernel("yarn-python")
+    kernel_id, old_pid = model["id"], model["placement"]["pid"]
+    await assert_interrupts(gw, kernel_id)
+    assert (await gw.run(kernel_id, "x = 1")).status == "ok"
+    r = gw.post(f"/api/kernels/{kernel_id}/restart")
+    assert r.status_code == 200, r.text
+    assert wait_gone([old_pid]) == []
+    out = await gw.run(kernel_id, "x")
+    assert out.error and out.error["ename"] == "NameError"  # a fresh kernel
+    after = gw.get(f"/api/kernels/{kernel_id}").json()["placement"]
+    assert after["pid"] != old_pid
+    assert after["application_id"] == model["placement"]["application_id"]
+    assert app_report(yarn_rm, after["application_id"])["state"] == "ACCEPTED"  # still live
+    assert gw.delete(f"/api/kernels/{kernel_id}").status_code == 204
+    assert wait_gone(remote_pids({"placement": after})) == []
 
 
 def test_application_stuck_in_accepted_times_out_with_the_rms_diagnostics(
