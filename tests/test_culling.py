@@ -73,6 +73,7 @@ async def test_idle_kernel_is_warned_then_culled(start_server) -> None:
     ws = await gw.connect(kernel["id"])
     assert (await ws.execute("1")).status == "ok"
     warning = await next_warning(ws)
+    warned = time.monotonic()
     text = warning["content"]["text"]
     assert f"shut down in {WARNING} s because it has been idle for" in text
     assert warning["parent_header"] == {}
@@ -80,9 +81,36 @@ async def test_idle_kernel_is_warned_then_culled(start_server) -> None:
     # warned first, culled after: the kernel is still there when the warning arrives
     assert gw.get(f"/api/kernels/{kernel['id']}").status_code == 200
     await assert_closed_by_gateway(ws)
+    # ... and it is given the full warning period (less the warning's way here)
+    assert time.monotonic() - warned >= WARNING - 0.5
     await wait_culled(gw, kernel["id"])
     assert_gone(gw, kernel)
     assert "culled after" in server.output()
+
+
+async def test_warning_longer_than_the_timeout_is_cut_to_it(start_server) -> None:
+    timeout = 3
+    server: ServerProcess = start_server(
+        "--default-launcher", "local",
+        "--cull-idle-timeout", str(timeout),
+        "--cull-warning", "60",
+        "--cull-interval", "0.5",
+        "--cull-connected",
+    )  # fmt: skip
+    gw = server.client
+    kernel = gw.start_kernel()
+    ws = await gw.connect(kernel["id"])
+    assert (await ws.execute("1")).status == "ok"
+    last_message = time.monotonic()
+    warning = await next_warning(ws, timeout=10)
+    # warned at once (the whole timeout is the warning period), and culled after it
+    assert f"shut down in {timeout} s because it has been idle for" in warning["content"]["text"]
+    assert time.monotonic() - last_message < 2
+    await wait_culled(gw, kernel["id"])
+    culled_after = time.monotonic() - last_message
+    assert timeout - 0.5 <= culled_after < timeout + 5, culled_after
+    await ws.close()
+    assert_gone(gw, kernel)
 
 
 async def test_busy_kernel_uses_the_busy_timeout(start_server) -> None:
