@@ -128,6 +128,34 @@ class ServerProcess:
         assert_clean_log(f"the gateway on port {self.port}", self.output(), self.expect_errors)
 
 
+@pytest.fixture
+def refused_serve(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """``refused_serve(*args)`` runs ``raygate serve ARGS`` in this process, for arguments
+    it must refuse before it serves (a gateway that would start fails the test instead), and
+    returns click's result: 1.3 s less than a subprocess each."""
+    import logging
+
+    import click.testing
+    import uvicorn
+
+    from raygate.cli import main
+
+    def no_serving(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("raygate serve accepted what it should have refused")
+
+    monkeypatch.setattr(uvicorn, "run", no_serving)
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+
+    def run(*args: str) -> click.testing.Result:
+        return click.testing.CliRunner().invoke(main, ["serve", *args])
+
+    yield run
+    # serve configures logging for the gateway before it gives up on some errors
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     """The pids still alive (not zombies) after waiting up to ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -288,7 +287,7 @@ async def test_image_pull_errors_fail_fast_with_the_kubelets_reason(
 
 
 def test_bad_pod_templates_are_refused_before_anything_is_created(
-    k8s_gateway: ServerProcess, kube: dict[str, Any], k8s_files: dict[str, str]
+    k8s_gateway: ServerProcess, kube: dict[str, Any], k8s_files: dict[str, str], refused_serve
 ) -> None:
     root = k8s_files["root"]
     bad = {
@@ -304,13 +303,8 @@ def test_bad_pod_templates_are_refused_before_anything_is_created(
             f.write(text)
         args = gateway_args(kube, k8s_files)
         args[args.index("--k8s-pod-template") + 1] = path
-        result = subprocess.run(
-            [sys.executable, "-m", "raygate", "serve", "--port", str(free_port()), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
+        result = refused_serve(*args)
+        assert result.exit_code == 2, result.output
         assert f"pod template {path}: {words}" in result.stderr
 
     # a kernelspec's own template is checked when a kernel of it starts

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import ServerProcess, free_port, wait_gone
+from conftest import ServerProcess, wait_gone
 from kernelspecs import make_test_kernelspecs
 from kgclient import Gateway
 
@@ -187,13 +185,13 @@ def test_pool_counts_against_max_kernels(start_server: Callable[..., ServerProce
     ("value", "words"),
     [("nosuch=1", "no kernelspec named 'nosuch'"), ("python3", "KERNELSPEC=N")],
 )
-def test_bad_prewarm_fails_at_startup(specs: str, value: str, words: str) -> None:
-    cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(free_port())]
-    cmd += ["--default-launcher", "local", "--kernelspec-dirs", specs, "--prewarm", value]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert words in proc.stderr, proc.stderr
-    assert "--prewarm" in proc.stderr
+def test_bad_prewarm_fails_at_startup(specs: str, value: str, words: str, refused_serve) -> None:
+    r = refused_serve(
+        "--default-launcher", "local", "--kernelspec-dirs", specs, "--prewarm", value
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert words in r.stderr, r.stderr
+    assert "--prewarm" in r.stderr
 
 
 def test_no_orphans_after_sigterm(start_server: Callable[..., ServerProcess], specs: str):

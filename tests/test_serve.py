@@ -85,23 +85,14 @@ def test_env_vars_and_config_file(start_server, tmp_path) -> None:
     assert gw.get(logo).status_code == 200
 
 
-def test_bad_config_is_a_clear_error(tmp_path) -> None:
+def test_bad_config_is_a_clear_error(tmp_path, refused_serve) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("no_such_setting = 1\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "raygate", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2
+    r = refused_serve("--config", str(config))
+    assert r.exit_code == 2, r.output
     assert "no_such_setting" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "raygate", "serve", "--default-launcher", "nowhere"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2
+    r = refused_serve("--default-launcher", "nowhere")
+    assert r.exit_code == 2, r.output
     assert "nowhere" in r.stderr
 
 

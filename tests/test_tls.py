@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -110,15 +108,10 @@ def test_client_certificates_required_with_a_client_ca(start_server, pki: dict) 
     assert httpx.get(url, verify=context(pki, True), headers=headers, timeout=5).status_code == 200
 
 
-def test_tls_settings_are_checked_before_serving(tmp_path) -> None:
+def test_tls_settings_are_checked_before_serving(tmp_path, refused_serve) -> None:
     for args, words in (
         (["--keyfile", "k.pem"], "need --certfile"),
         (["--certfile", str(tmp_path / "missing.pem")], "TLS file not found"),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "raygate", "serve", "--default-launcher", "local", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert r.returncode == 2 and words in r.stderr, r.stderr
+        r = refused_serve("--default-launcher", "local", *args)
+        assert r.exit_code == 2 and words in r.stderr, r.output

@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -331,16 +329,11 @@ def test_users_file_is_reread(start_server, tmp_path) -> None:
     assert server.proc.poll() is None
 
 
-def test_bad_users_file_stops_serve(tmp_path) -> None:
+def test_bad_users_file_stops_serve(tmp_path, refused_serve) -> None:
     users_file = tmp_path / "users.toml"
     users_file.write_text('"a-token" = 3\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "raygate", "serve", "--users-file", str(users_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
+    result = refused_serve("--users-file", str(users_file))
+    assert result.exit_code == 2, result.output
     assert "users file" in result.stderr and "username" in result.stderr
 
 
