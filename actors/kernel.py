@@ -95,24 +95,21 @@ class KernelActor:
     def _exited(self, reason: str) -> None:
         """The supervisor saw the kernel exit on its own: tell every gateway at once."""
         try:
-            from ray.experimental import internal_kv
+            from raygate.launchers.ray import cluster
 
-            internal_kv._internal_kv_put(
+            cluster.kv_put(
                 exit_key(self.namespace, self.kernel_id),
                 reason.encode(),
-                overwrite=True,
-                namespace=EXIT_KV_NAMESPACE,
+                EXIT_KV_NAMESPACE,
             )
         except Exception:
             pass  # the gateway still finds out through poll()
 
     def _clear_exit_notice(self) -> None:
         try:
-            from ray.experimental import internal_kv
+            from raygate.launchers.ray import cluster
 
-            internal_kv._internal_kv_del(
-                exit_key(self.namespace, self.kernel_id), namespace=EXIT_KV_NAMESPACE
-            )
+            cluster.kv_delete(exit_key(self.namespace, self.kernel_id), EXIT_KV_NAMESPACE)
         except Exception:
             pass
 

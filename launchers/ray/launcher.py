@@ -1,20 +1,8 @@
-"""Kernels as Ray actors, placed by the resources they ask for.
+"""The Ray launcher: connecting to Ray, creating kernel actors, watching and finding them.
 
-Each kernel is a detached actor (:class:`raygate.actors.kernel.KernelActor`) named by
-its kernel id in the gateway's Ray namespace, created with the kernel's resource request
-as its options (CPUs, memory, GPUs, custom resources, accelerator type, node labels,
-scheduling strategy) and the kernelspec's ``metadata.raygate.runtime_env``. The actor
-starts the kernel on its node and the gateway connects ZMQ to it there.
-
-* A request no node (and no autoscaler node type) can ever hold fails at once with a 400
-  that names what was asked and what the cluster has; one that must wait for capacity
-  waits up to the launch timeout, then fails with a 503 and its actor is removed.
-* Liveness of all kernels is two cluster queries (named actors, exit notices), not a
-  call per kernel.
-* Joined to a cluster (``--ray-address``), kernels outlive the gateway: a gateway that
-  starts later, or another replica, finds them by their names. With the embedded Ray
-  (``raygate serve`` with no address starts one for itself) kernels stop with the
-  gateway, as that Ray does.
+See the package's docstring for what it promises; placement rules are in
+:mod:`.placement`, Ray's private APIs in :mod:`.cluster`, the per-kernel handle in
+:mod:`.handle`.
 """
 
 from __future__ import annotations
@@ -25,16 +13,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from raygate.resources import ResourceRequest, format_bytes
+from raygate.resources import ResourceRequest
 
-from .base import (
+from ..base import (
     ConnectionInfo,
     KernelHandle,
     KernelSpecInfo,
@@ -42,7 +30,10 @@ from .base import (
     Launcher,
     LaunchRequest,
 )
-from .kernelside.keeper import KEEP_BYTES
+from ..kernelside.keeper import KEEP_BYTES
+from . import cluster
+from .handle import RayKernel, get
+from .placement import actor_options, check_feasible, creation_error, still_waiting
 
 if TYPE_CHECKING:
     from raygate.config import GatewayConfig
@@ -88,12 +79,6 @@ def _actor_class() -> Any:
     return _remote_class
 
 
-async def _get(ref: Any, timeout: float | None = None) -> Any:
-    """Await a Ray ObjectRef from the gateway's event loop."""
-    future = asyncio.wrap_future(ref.future())
-    return await (asyncio.wait_for(future, timeout) if timeout else future)
-
-
 def connect_ray(address: str = "", namespace: str = "raygate", **init_args: Any) -> bool:
     """Connect this process to Ray once; returns True when this call started a local Ray.
 
@@ -111,202 +96,13 @@ def connect_ray(address: str = "", namespace: str = "raygate", **init_args: Any)
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
-            from ray._raylet import Config
-
-            Config.initialize("")  # Ray caches its settings; make it see the token mode
+            cluster.reload_ray_settings()  # Ray caches its settings; make it see the mode
         common = {"namespace": namespace, "log_to_driver": False, "logging_level": logging.WARNING}
         if address:
             ray.init(address=address, **common)
             return False
         ray.init(address="local", include_dashboard=False, **common, **init_args)
         return True
-
-
-def actor_options(
-    request: LaunchRequest, namespace: str, default_cpus: float = 1.0
-) -> dict[str, Any]:
-    """The Ray actor options that carry a kernel's resource request."""
-    res: ResourceRequest = request.resources
-    options: dict[str, Any] = {
-        "name": request.kernel_id,
-        "namespace": namespace,
-        "lifetime": "detached",
-        "max_restarts": 0,
-        "max_concurrency": 4,
-        "num_cpus": res.cpus if res.cpus is not None else default_cpus,
-        "num_gpus": res.gpus or 0,
-    }
-    if res.memory:
-        options["memory"] = int(res.memory)
-    if res.custom:
-        options["resources"] = dict(res.custom)
-    if res.accelerator_type:
-        options["accelerator_type"] = res.accelerator_type
-    if res.node_labels:
-        options["label_selector"] = dict(res.node_labels)
-    if res.strategy == "spread":
-        options["scheduling_strategy"] = "SPREAD"
-    elif res.strategy == "node":
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            node_id=res.node_id, soft=res.soft
-        )
-    runtime_env = request.spec.metadata.get("raygate", {}).get("runtime_env")
-    if runtime_env:
-        options["runtime_env"] = runtime_env
-    return options
-
-
-def resource_shape(options: dict[str, Any]) -> dict[str, float]:
-    """The Ray resources an actor with these options needs on one node."""
-    shape = {"CPU": options.get("num_cpus") or 0, "GPU": options.get("num_gpus") or 0}
-    shape["memory"] = options.get("memory") or 0
-    shape.update(options.get("resources") or {})
-    if options.get("accelerator_type"):
-        shape[f"accelerator_type:{options['accelerator_type']}"] = 0.001
-    return {k: float(v) for k, v in shape.items() if v}
-
-
-def _fmt_resources(resources: dict[str, float]) -> str:
-    parts = []
-    for name, amount in sorted(resources.items()):
-        if name.startswith("node:") or name.startswith("object_store"):
-            continue
-        if name == "memory":
-            parts.append(f"{format_bytes(amount)} memory")
-        else:
-            parts.append(f"{amount:g} {name}")
-    return ", ".join(parts) or "nothing"
-
-
-def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool | None:
-    """Whether a node's labels satisfy a plain ``key: value`` selector; None when the
-    selector uses operators (``!``, ``in(...)``) this check leaves to Ray."""
-    for key, want in selector.items():
-        if want.startswith("!") or "(" in want:
-            return None
-        if labels.get(key) != want:
-            return False
-    return True
-
-
-def _fits(shape: dict[str, float], total: dict[str, float]) -> bool:
-    return all(total.get(name, 0) + 1e-9 >= amount for name, amount in shape.items())
-
-
-def _death_reason(actor_id: str) -> str:
-    """Why an actor died, in words, from the cluster's actor table."""
-    try:
-        import ray
-
-        info = ray._private.state.state.actor_table(actor_id)
-    except Exception:
-        return ""
-    if not info:
-        return "its actor is gone"
-    cause = info.get("DeathCause")
-    if cause is None:
-        return f"its actor is {info.get('State', 'gone').lower()}"
-    context = cause.WhichOneof("context")
-    detail = getattr(cause, context) if context else None
-    message = (getattr(detail, "error_message", "") or "").strip() if detail else ""
-    if context == "node_death_context" or ("node" in message.lower() and "died" in message):
-        return f"the node it ran on died: {message}".rstrip(": ")
-    if "ray.kill" in message:
-        return "its actor was killed (the kernel was shut down, perhaps by another gateway)"
-    if context == "oom_context":
-        return f"its actor was killed for lack of memory: {message}".rstrip(": ")
-    return f"its actor died: {message.splitlines()[0] if message else context}"
-
-
-class RayKernel(KernelHandle):
-    """A kernel inside a :class:`KernelActor`."""
-
-    def __init__(
-        self,
-        launcher: RayLauncher,
-        request: LaunchRequest,
-        connection: ConnectionInfo,
-        actor: Any,
-        placement: dict[str, Any],
-    ) -> None:
-        super().__init__(request, connection)
-        self.launcher = launcher
-        self.actor = actor
-        self.placement = placement
-        self.stopped = False
-
-    @property
-    def actor_id(self) -> str:
-        return self.actor._actor_id.hex()
-
-    async def _call(self, method: str, *args: Any, timeout: float | None = 30.0) -> Any:
-        return await _get(getattr(self.actor, method).remote(*args), timeout)
-
-    async def is_alive(self) -> bool:
-        import ray
-
-        try:
-            return bool((await self._call("poll", timeout=10.0))["alive"])
-        except (TimeoutError, ray.exceptions.RayActorError):
-            return False
-
-    async def signal(self, signum: int) -> None:
-        await self._call("signal", int(signum))
-
-    async def restart(self) -> ConnectionInfo:
-        import ray
-
-        try:
-            info = await self._call("restart", timeout=max(30.0, self.request.launch_timeout))
-        except ray.exceptions.RayActorError:
-            reason = _death_reason(self.actor_id) or "its actor is gone"
-            raise KernelStartError(f"the kernel cannot restart: {reason}", status=410) from None
-        except TimeoutError:
-            raise KernelStartError("the kernel's actor did not restart it in time") from None
-        self.placement.update(info["placement"])
-        return ConnectionInfo.from_dict(info["connection"])
-
-    async def shutdown(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        import ray
-
-        try:
-            await self._call("shutdown", timeout=15.0)
-        except Exception:
-            pass  # dead, stuck or gone: killed below all the same
-        try:
-            ray.kill(self.actor, no_restart=True)
-        except Exception:
-            pass
-        self.launcher.forget_exit(self.kernel_id)
-
-    async def kept_output(self, after: Sequence[str]) -> list[list[bytes]] | None:
-        return await self._call("kept_output", list(after), timeout=30.0)
-
-    async def failure_reason(self) -> str:
-        import ray
-
-        try:
-            return await self._call("failure_reason", timeout=5.0)
-        except (TimeoutError, ray.exceptions.RayActorError):
-            return _death_reason(self.actor_id) or "its actor is gone"
-
-    async def assign(self, request: LaunchRequest) -> None:
-        await self._call(
-            "assign",
-            {
-                "env": dict(request.env),
-                "username": request.username,
-                "cwd": request.cwd,
-                "launch_timeout": request.launch_timeout,
-                "pooled": request.pooled,
-            },
-        )
-        self.request = request
 
 
 class RayLauncher(Launcher):
@@ -336,8 +132,8 @@ class RayLauncher(Launcher):
         self.warm_workers = warm_workers
         self.keep_output_bytes = keep_output_bytes
         """Bound of the output each kernel actor keeps for a gateway restarted after a crash."""
-        self._raylets: dict[str, Any] = {}
         self.warm_delay = 1.5
+        self._prestart_failed = False
         self.connected = False
         self.embedded = False
         self._ray_processes: list[psutil.Process] = []
@@ -420,6 +216,7 @@ class RayLauncher(Launcher):
         # The embedded Ray stops here, and its kernels with it (the registry has shut them
         # down already); on a joined cluster this only disconnects, kernels keep running.
         doomed = _with_descendants(self._ray_processes)
+        cluster.forget_raylets()
         await asyncio.to_thread(ray.shutdown)
         # ray.shutdown() does not always wait for every worker of the local Ray (CI once saw
         # two outlive the gateway): whatever the embedded Ray started must not outlive it.
@@ -429,70 +226,10 @@ class RayLauncher(Launcher):
 
     def _check_feasible(self, request: LaunchRequest, options: dict[str, Any]) -> None:
         """Fail now when no node, present or that the autoscaler could add, can ever hold
-        the kernel."""
+        the kernel (off the event loop: it asks the cluster)."""
         import ray
 
-        shape = resource_shape(options)
-        res = request.resources
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if (
-            res.strategy == "node"
-            and not res.soft
-            and not any(n["NodeID"] == res.node_id for n in nodes)
-        ):
-            raise KernelStartError(
-                f"the kernel asks to run on node {res.node_id}, which is not in the cluster",
-                status=400,
-            )
-        candidates = []
-        for node in nodes:
-            if res.strategy == "node" and not res.soft and node["NodeID"] != res.node_id:
-                continue
-            if (
-                res.node_labels
-                and _labels_match(res.node_labels, node.get("Labels") or {}) is False
-            ):
-                continue
-            candidates.append(node)
-        if any(_fits(shape, n.get("Resources") or {}) for n in candidates):
-            return
-        for group in self._autoscaler_node_types():
-            if _fits(shape, group):
-                return  # the autoscaler can add a node that holds it: wait for it
-        have = "; ".join(
-            f"node {n['NodeID'][:8]} ({n.get('NodeManagerAddress', '?')}): "
-            f"{_fmt_resources(n.get('Resources') or {})}"
-            + (
-                " labels " + ",".join(f"{k}={v}" for k, v in sorted(n["Labels"].items()))
-                if res.node_labels and n.get("Labels")
-                else ""
-            )
-            for n in nodes
-        )
-        raise KernelStartError(
-            f"no node of the Ray cluster can ever hold this kernel: it asks for "
-            f"{_fmt_resources(shape)}"
-            + (f" on nodes labelled {res.node_labels}" if res.node_labels else "")
-            + f"; the cluster has {have or 'no nodes'}"
-            + (" (and no autoscaler node type holds it)" if self._has_autoscaler else ""),
-            status=400,
-        )
-
-    _has_autoscaler = False
-
-    def _autoscaler_node_types(self) -> list[dict[str, float]]:
-        """The per-node resources of each node type the autoscaler may add."""
-        import ray
-
-        try:
-            config = ray._private.state.state.get_cluster_config()
-        except Exception:
-            return []
-        if config is None:
-            return []
-        groups = [g for g in config.node_group_configs if g.max_count != 0]
-        self._has_autoscaler = bool(groups)
-        return [{k: float(v) for k, v in g.resources.items()} for g in groups]
+        check_feasible(request, options, ray.nodes(), cluster.autoscaler_node_types())
 
     def _meta(self, request: LaunchRequest) -> dict[str, Any]:
         return {
@@ -525,14 +262,14 @@ class RayLauncher(Launcher):
         # Answer before the registry's own launch timeout does, with a better message.
         budget = max(1.0, request.launch_timeout - 1.0)
         try:
-            info = await _get(actor.describe.remote(), budget)
+            info = await get(actor.describe.remote(), budget)
         except TimeoutError:
-            message = self._still_waiting(actor, request, options, budget)
+            message = self._still_waiting(actor, options, budget)
             self._kill(actor)
             raise KernelStartError(message, status=503) from None
         except ray.exceptions.RayActorError as exc:
             self._kill(actor)
-            raise KernelStartError(_actor_error(exc)) from None
+            raise KernelStartError(creation_error(str(exc), type(exc).__name__)) from None
         except BaseException:
             self._kill(actor)  # cancelled by the registry's timeout, or the gateway stops
             raise
@@ -554,58 +291,27 @@ class RayLauncher(Launcher):
         ).start()
 
     def _prestart_worker(self, node_id: str) -> None:
-        import ray
-
         # Not while the kernel just launched is still starting: they would share the CPU.
         time.sleep(self.warm_delay)
-        from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
-
         try:
-            stub = self._raylets.get(node_id)
-            if stub is None:
-                node = next(n for n in ray.nodes() if n["NodeID"] == node_id and n["Alive"])
-                address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
-                channel = init_grpc_channel(address, asynchronous=False)
-                stub = self._raylets[node_id] = node_manager_pb2_grpc.NodeManagerServiceStub(
-                    channel
-                )
-            request = node_manager_pb2.PrestartWorkersRequest(
-                language=common_pb2.PYTHON,
-                job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
-                keep_alive_duration_secs=600,
-                num_workers=1,
+            cluster.prestart_worker(node_id)
+        except Exception as exc:  # only an optimisation, but say once that it is lost
+            level = logging.DEBUG if self._prestart_failed else logging.WARNING
+            self._prestart_failed = True
+            log.log(
+                level,
+                "ray: could not prestart a worker on node %s (kernels there start slower): %r",
+                node_id,
+                exc,
             )
-            stub.PrestartWorkers(request, timeout=10)
-        except Exception as exc:  # only an optimisation
-            self._raylets.pop(node_id, None)
-            log.debug("ray: could not prestart a worker on %s: %s", node_id, exc)
 
-    def _still_waiting(
-        self, actor: Any, request: LaunchRequest, options: dict[str, Any], waited: float
-    ) -> str:
-        import ray
-
+    def _still_waiting(self, actor: Any, options: dict[str, Any], waited: float) -> str:
+        record = cluster.actor_record(cluster.actor_id(actor))
         try:
-            state = ray._private.state.state.actor_table(actor._actor_id.hex()).get("State")
+            free = cluster.available_per_node()
         except Exception:
-            state = ""
-        asked = _fmt_resources(resource_shape(options))
-        if state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY", ""):
-            try:
-                free = ray._private.state.state.available_resources_per_node()
-                have = "; ".join(
-                    f"node {node[:8]}: {_fmt_resources(r)}" for node, r in sorted(free.items())
-                )
-            except Exception:
-                have = ""
-            return (
-                f"gave up after waiting {waited:g}s for capacity: the kernel asks for {asked} "
-                f"and no node has that free"
-                + (f" (free now: {have})" if have else "")
-                + "; its actor was removed"
-            )
-        return f"the kernel's actor did not start within {waited:g}s (state {state}); removed"
+            free = None
+        return still_waiting(record.state if record else "", options, free, waited)
 
     @staticmethod
     def _kill(actor: Any) -> None:
@@ -618,7 +324,7 @@ class RayLauncher(Launcher):
 
     def _handle(self, actor: Any, info: dict[str, Any], request: LaunchRequest) -> RayKernel:
         placement = dict(info["placement"])
-        placement["actor_id"] = actor._actor_id.hex()
+        placement["actor_id"] = cluster.actor_id(actor)
         placement["namespace"] = self.namespace
         kernel = RayKernel(
             self, request, ConnectionInfo.from_dict(info["connection"]), actor, placement
@@ -640,23 +346,16 @@ class RayLauncher(Launcher):
         }
 
     def _exited(self) -> set[str]:
-        from ray.experimental import internal_kv
-
         from raygate.actors.kernel import EXIT_KV_NAMESPACE
 
         prefix = f"{self.namespace}/"
-        keys = internal_kv._internal_kv_list(prefix, namespace=EXIT_KV_NAMESPACE)
-        return {(k.decode() if isinstance(k, bytes) else k)[len(prefix) :] for k in keys}
+        return {k[len(prefix) :] for k in cluster.kv_keys(prefix, EXIT_KV_NAMESPACE)}
 
     def forget_exit(self, kernel_id: str) -> None:
-        from ray.experimental import internal_kv
-
         from raygate.actors.kernel import EXIT_KV_NAMESPACE, exit_key
 
         try:
-            internal_kv._internal_kv_del(
-                exit_key(self.namespace, kernel_id), namespace=EXIT_KV_NAMESPACE
-            )
+            cluster.kv_delete(exit_key(self.namespace, kernel_id), EXIT_KV_NAMESPACE)
         except Exception:
             pass
 
@@ -675,7 +374,7 @@ class RayLauncher(Launcher):
         import ray
 
         def read() -> dict[str, Any]:
-            free = ray._private.state.state.available_resources_per_node()
+            free = cluster.available_per_node()
             nodes = []
             for node in ray.nodes():
                 if not node.get("Alive"):
@@ -713,7 +412,7 @@ class RayLauncher(Launcher):
             try:
                 actor = await asyncio.to_thread(ray.get_actor, name, self.namespace)
                 # Actors still starting (or not ours) do not answer in time: next round.
-                info = await _get(actor.describe.remote(), 5.0)
+                info = await get(actor.describe.remote(), 5.0)
                 if info["meta"].get("pooled"):
                     return None  # a warm kernel of some gateway's pool: nobody's to serve
                 return self._handle(actor, info, _request_from_meta(info["meta"]))
@@ -738,18 +437,3 @@ def _request_from_meta(meta: dict[str, Any]) -> LaunchRequest:
         encryption=meta.get("encryption") or "none",
         pooled=bool(meta.get("pooled")),
     )
-
-
-def _actor_error(exc: Exception) -> str:
-    """The useful part of an actor's creation failure (its constructor's exception)."""
-    text = str(exc)
-    for marker in (
-        "KernelStartError: ",
-        "SpawnError: ",
-        "FileNotFoundError: ",
-        "PermissionError: ",
-    ):
-        if marker in text:
-            return text.split(marker, 1)[1].strip().splitlines()[0]
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "the kernel's actor failed to start: " + (lines[-1] if lines else type(exc).__name__)
