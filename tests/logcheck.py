@@ -29,12 +29,7 @@ ALLOWED: tuple[str, ...] = ()
 
 # Bugs known and owned elsewhere, marked one by one until their fix lands (then delete the
 # entry). Not an allow-list: each names exactly one failure.
-KNOWN_BUGS: tuple[str, ...] = (
-    # Issue 17 item 2: the Ray launcher's worker-prestart thread imports grpc, which raygate
-    # does not declare, so on a clean install the thread dies with this (and the start-time
-    # speed-up is lost). Removed when the `split` helper's prestart fix lands.
-    r"(?s)Exception in thread ray-prestart.*ModuleNotFoundError: No module named 'grpc'",
-)
+KNOWN_BUGS: tuple[str, ...] = ()
 
 
 def problems(text: str) -> list[str]:
