@@ -12,8 +12,10 @@ restart) stays behind it.
 from __future__ import annotations
 
 import abc
+import copy
+import functools
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -88,6 +90,95 @@ class ConnectionInfo:
         )
 
 
+RECORD_VERSION = 1
+"""Version of :meth:`LaunchRequest.to_record`'s form; a record of a newer version is refused
+(a newer gateway wrote it) rather than half read."""
+
+
+class InvalidKernelSpecMetadata(ValueError):
+    """A kernelspec's ``metadata.raygate`` that is malformed; ``str(exc)`` says what."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        """The top-level key that is wrong (``resources``, ``launcher``, ...), or ""."""
+
+
+def _object(value: Any, what: str, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidKernelSpecMetadata(f"kernelspec {what} must be an object", key)
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class KernelSpecMetadata:
+    """A kernelspec's ``metadata.raygate``, read once (:meth:`parse`).
+
+    The gateway's keys are typed fields; each launcher's own block (``ssh``, ``dask``,
+    ``yarn``, ``kubernetes``, or a third-party launcher's kind) is kept as an object for
+    that launcher to read with :meth:`section`.
+    """
+
+    launcher: str | None = None
+    """The launcher kind that starts the kernels (None: the gateway's default)."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """The resource request as written (``cpus``, ``memory``, ...); the start request's
+    ``KERNEL_*`` variables adjust it (:func:`raygate.resources.request_for`)."""
+    allow_users: tuple[str, ...] = ()
+    """Users who may start it (empty: anyone the gateway's own lists let through)."""
+    deny_users: tuple[str, ...] = ()
+    runtime_env: dict[str, Any] | None = None
+    """Ray's ``runtime_env`` for the kernel's actor (Ray launcher)."""
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Every other key whose value is an object: launchers' own blocks, by name."""
+
+    @classmethod
+    def parse(cls, raw: Any) -> KernelSpecMetadata:
+        """The typed form of ``metadata.raygate``; raises :class:`InvalidKernelSpecMetadata`.
+        Called by :attr:`KernelSpecInfo.raygate`, once per spec."""
+        data = _object(raw, "metadata.raygate", "")
+        launcher = data.get("launcher") or None
+        if launcher is not None and not isinstance(launcher, str):
+            raise InvalidKernelSpecMetadata(
+                f"kernelspec metadata.raygate.launcher must be a launcher kind, not {launcher!r}",
+                "launcher",
+            )
+        resources = _object(data.get("resources"), "metadata.raygate.resources", "resources")
+        runtime_env = data.get("runtime_env") or None
+        if runtime_env is not None:
+            runtime_env = _object(runtime_env, "metadata.raygate.runtime_env", "runtime_env")
+        typed = {"launcher", "resources", "allow_users", "deny_users", "runtime_env"}
+        sections = {}
+        for key, value in data.items():
+            if key not in typed and value is not None:
+                sections[key] = _object(value, f"metadata.raygate.{key}", key)
+        return cls(
+            launcher=launcher,
+            resources=resources,
+            allow_users=tuple(name_list(data.get("allow_users"))),
+            deny_users=tuple(name_list(data.get("deny_users"))),
+            runtime_env=runtime_env,
+            sections=sections,
+        )
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A launcher's own block (``metadata.raygate.<name>``), ``{}`` when absent;
+        called by that launcher."""
+        return self.sections.get(name, {})
+
+
+def name_list(value: Any) -> list[str]:
+    """Usernames from a list or a comma-separated string (kernelspec lists, settings)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return [str(items).strip()]
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 @dataclass
 class KernelSpecInfo:
     """The parts of a kernelspec a launcher needs, in a form that pickles and travels."""
@@ -100,10 +191,30 @@ class KernelSpecInfo:
     interrupt_mode: str = "signal"
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def raygate(self) -> KernelSpecMetadata:
+        """``metadata.raygate``, typed; parsed on first use (admission's, for a start
+        request), raising :class:`InvalidKernelSpecMetadata` there."""
+        return KernelSpecMetadata.parse(self.metadata.get("raygate"))
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready form, part of :meth:`LaunchRequest.to_record`."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> KernelSpecInfo:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in known})
+
 
 @dataclass
 class LaunchRequest:
-    """Everything a launcher needs to start one kernel."""
+    """Everything a launcher needs to start one kernel.
+
+    Launchers that persist a request to find its kernel again (the Ray actor's metadata,
+    the reattach records of remote launchers, the Kubernetes Secret) and the warm pool use
+    :meth:`to_record` and :meth:`from_record`, the one serializer.
+    """
 
     kernel_id: str
     spec: KernelSpecInfo
@@ -121,8 +232,41 @@ class LaunchRequest:
     """A warm kernel waiting in a gateway's pool: no user's yet, so discovery skips it."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.resources, dict):  # e.g. read back from a record
+        if isinstance(self.resources, dict):  # e.g. read back from an old record
             self.resources = ResourceRequest.from_dict(self.resources)
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field, JSON-ready, with ``version``: what a launcher stores to serve the
+        kernel again after a gateway restart. Read back with :meth:`from_record`."""
+        record: dict[str, Any] = {"version": RECORD_VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "spec":
+                value = self.spec.to_record()
+            elif f.name == "resources":
+                value = self.resources.to_dict()
+            else:
+                value = copy.deepcopy(value)
+            record[f.name] = value
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LaunchRequest:
+        """The request :meth:`to_record` wrote (records without ``version``, written before
+        it existed, have the same keys). Keys it does not know (a launcher's own, such as
+        ``created``) are ignored. Raises ValueError for a newer version or a malformed one."""
+        version = record.get("version", RECORD_VERSION)
+        if not isinstance(version, int) or version > RECORD_VERSION:
+            raise ValueError(f"launch record version {version!r} is newer than this gateway's")
+        known = {f.name for f in fields(cls)}
+        values = {k: copy.deepcopy(v) for k, v in record.items() if k in known}
+        try:
+            values["spec"] = KernelSpecInfo.from_record(record["spec"])
+            values["resources"] = ResourceRequest.from_dict(record.get("resources"))
+            values["launch_timeout"] = float(values["launch_timeout"])
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed launch record: {exc!r}") from None
 
 
 class KernelStartError(Exception):

@@ -154,7 +154,7 @@ class DaskLauncher(RemoteLauncher):
         return client
 
     def _scheduler_for(self, request: LaunchRequest) -> str:
-        meta = request.spec.metadata.get("raygate", {}).get("dask") or {}
+        meta = request.spec.raygate.section("dask")
         address = meta.get("scheduler") or self.scheduler
         if not address:
             raise KernelStartError(

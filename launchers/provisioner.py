@@ -32,9 +32,9 @@ from typing import Any
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, Unicode
 
-from raygate.resources import InvalidResourceRequest, resource_request
+from raygate.resources import InvalidResourceRequest, request_for
 
-from .base import KernelSpecInfo, KernelStartError, LaunchRequest
+from .base import InvalidKernelSpecMetadata, KernelSpecInfo, KernelStartError, LaunchRequest
 from .ray import RayKernel, RayLauncher
 
 _launchers: dict[tuple[str, str], RayLauncher] = {}
@@ -78,24 +78,24 @@ class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         # Only what the kernelspec sets and the KERNEL_* variables travel to the node:
         # the rest of this process's environment describes this machine, not that one.
         kernel_env = {k: v for k, v in env.items() if k.startswith("KERNEL_")}
-        metadata = dict(spec.metadata or {})
-        try:
-            resources = resource_request(metadata.get("raygate"), kernel_env)
-        except InvalidResourceRequest as exc:
-            raise RuntimeError(f"bad resource request: {exc}") from None
         timeout = float(kernel_env.get("KERNEL_LAUNCH_TIMEOUT") or self.launch_timeout)
         name = os.path.basename(spec.resource_dir) if spec.resource_dir else spec.display_name
+        info = KernelSpecInfo(
+            name=name,
+            argv=list(spec.argv),
+            env={k: env.get(k, v) for k, v in (spec.env or {}).items()},
+            display_name=spec.display_name,
+            language=spec.language,
+            interrupt_mode=spec.interrupt_mode or "signal",
+            metadata=dict(spec.metadata or {}),
+        )
+        try:
+            resources = request_for(info.raygate.resources, kernel_env)
+        except (InvalidKernelSpecMetadata, InvalidResourceRequest) as exc:
+            raise RuntimeError(f"bad resource request: {exc}") from None
         return LaunchRequest(
             kernel_id=str(self.kernel_id),
-            spec=KernelSpecInfo(
-                name=name,
-                argv=list(spec.argv),
-                env={k: env.get(k, v) for k, v in (spec.env or {}).items()},
-                display_name=spec.display_name,
-                language=spec.language,
-                interrupt_mode=spec.interrupt_mode or "signal",
-                metadata=metadata,
-            ),
+            spec=info,
             env=kernel_env,
             launch_timeout=timeout,
             username=kernel_env.get("KERNEL_USERNAME") or None,

@@ -187,7 +187,7 @@ class SSHLauncher(RemoteLauncher):
     # -- choosing --
 
     def _pool(self, request: LaunchRequest) -> list[SSHHost]:
-        ssh_meta = request.spec.metadata.get("raygate", {}).get("ssh") or {}
+        ssh_meta = request.spec.raygate.section("ssh")
         try:
             hosts = parse_hosts(ssh_meta["hosts"], self.port) if "hosts" in ssh_meta else self.hosts
         except ValueError as exc:

@@ -167,7 +167,7 @@ class YarnLauncher(RemoteLauncher):
     # -- launching --
 
     def _queue_for(self, request: LaunchRequest) -> str:
-        meta = request.spec.metadata.get("raygate", {}).get("yarn") or {}
+        meta = request.spec.raygate.section("yarn")
         return request.env.get("KERNEL_QUEUE", "").strip() or meta.get("queue") or self.queue
 
     def _report_host(self) -> str:

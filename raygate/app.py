@@ -21,9 +21,9 @@ from .config import GatewayConfig
 from .errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from .handlers import api, channels, health, kernels, kernelspecs, sessions, status
 from .handlers import metrics as metrics_handler
+from .kernels.registry import KernelRegistry
 from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
-from .registry import KernelRegistry
 from .sessions import SessionStore
 from .users import UsersFile
 

@@ -471,7 +471,7 @@ def serve(**options: Any) -> None:
     import zmq
 
     from .app import create_app
-    from .pool import parse_prewarm
+    from .kernels.pool import parse_prewarm
 
     options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
     options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]

@@ -17,7 +17,7 @@ class GatewayConfig:
     default_kernel_name: str = "python3"
     prewarm: dict[str, int] = field(default_factory=dict)
     """Warm kernels to keep ready per kernelspec (``{"python3": 2}``), handed out on start
-    to requests that fit them (raygate/pool.py); they count against max_kernels."""
+    to requests that fit them (raygate/kernels/pool.py); they count against max_kernels."""
     kernel_launch_timeout: float = 60.0
     max_kernel_launch_timeout: float = 600.0
     default_launcher: str = "ray"

@@ -17,7 +17,9 @@ from typing import Any
 
 import click
 
-from .resources import InvalidResourceRequest, resource_request
+from raygate.launchers.base import InvalidKernelSpecMetadata, KernelSpecMetadata
+
+from .resources import InvalidResourceRequest, request_for, resource_request
 
 LAUNCHERS = ("ray", "local", "ssh", "dask", "kubernetes", "yarn")
 KERNELSPEC_DIRS_ENV = "RAYGATE_KERNELSPEC_DIRS"
@@ -293,15 +295,17 @@ def list_specs(kernelspec_dirs: str, as_json: bool) -> None:
         except Exception as exc:  # a broken kernelspec on disk: say so, list the rest
             rows[name] = {"error": str(exc)}
             continue
-        raygate = (spec.metadata or {}).get("raygate") or {}
+        launcher = ""
         try:
-            request = resource_request(raygate).describe()
-        except InvalidResourceRequest as exc:
+            raygate = KernelSpecMetadata.parse((spec.metadata or {}).get("raygate"))
+            launcher = raygate.launcher or ""
+            request = request_for(raygate.resources).describe()
+        except (InvalidKernelSpecMetadata, InvalidResourceRequest) as exc:
             request = f"invalid: {exc}"
         rows[name] = {
             "display_name": spec.display_name,
             "path": spec.resource_dir,
-            "launcher": raygate.get("launcher") or "",
+            "launcher": launcher,
             "resources": request,
         }
     if as_json:

@@ -26,11 +26,11 @@ from prometheus_client.registry import Collector
 
 from raygate import __version__
 
-from .registry import RegistryObserver
+from .kernels.kernel import RegistryObserver
 
 if TYPE_CHECKING:
     from .bridge.channels import KernelChannels
-    from .registry import Kernel, KernelRegistry
+    from .kernels.registry import Kernel, KernelRegistry
 
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 FOLD_AFTER = 30.0

@@ -42,6 +42,7 @@ __all__ = [
     "ResourceRequest",
     "format_bytes",
     "parse_memory",
+    "request_for",
     "resource_request",
 ]
 
@@ -246,6 +247,14 @@ def resource_request(
     base = (metadata or {}).get("resources") or {}
     if not isinstance(base, dict):
         raise InvalidResourceRequest("kernelspec metadata.raygate.resources must be an object")
+    return request_for(base, env, caps)
+
+
+def request_for(
+    base: dict[str, Any], env: dict[str, str] | None = None, caps: ResourceCaps | None = None
+) -> ResourceRequest:
+    """Like :func:`resource_request`, from the kernelspec's ``resources`` object itself
+    (:attr:`KernelSpecMetadata.resources`); called by admission."""
     raw: dict[str, tuple[Any, str]] = {}
     for key, var in _ENV.items():
         spec_key = "resources" if key == "custom" and "resources" in base else key

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import GatewayConfig
 from .errors import APIError
-from .registry import KernelRegistry
+from .kernels.registry import KernelRegistry
 from .users import may_see
 
 

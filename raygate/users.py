@@ -17,10 +17,12 @@ import time
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
+
+from raygate.launchers.base import KernelSpecMetadata
+from raygate.launchers.base import name_list as name_list  # the CLI reads lists with it
 
 from .config import GatewayConfig
 from .errors import APIError
@@ -152,28 +154,18 @@ def claim_username(env: dict[str, str], user: str | None) -> str | None:
     return user
 
 
-def name_list(value: Any) -> list[str]:
-    """Usernames from a list or a comma-separated string."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        return [str(items).strip()]
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
 def _who(username: str | None) -> str:
     return f"User {username!r}" if username else "A request with no user"
 
 
 def check_allowed(
-    config: GatewayConfig, username: str | None, spec_name: str, metadata: dict[str, Any]
+    config: GatewayConfig, username: str | None, spec_name: str, metadata: KernelSpecMetadata
 ) -> None:
     """403 unless ``username`` may start kernels of this kernelspec: the global deny and
     allow lists, then the kernelspec's ``metadata.raygate.deny_users`` / ``allow_users``."""
     rules = (
         (config.deny_users, config.allow_users, "this gateway's"),
-        (name_list(metadata.get("deny_users")), name_list(metadata.get("allow_users")), "its"),
+        (metadata.deny_users, metadata.allow_users, "its"),
     )
     for deny, allow, whose in rules:
         if username and username in deny:

@@ -106,7 +106,7 @@ def _whole(amount: float, what: str) -> str:
 
 def kubernetes_meta(request: LaunchRequest) -> dict[str, Any]:
     """The kernelspec's ``metadata.raygate.kubernetes`` (image, pod_template, namespace)."""
-    return request.spec.metadata.get("raygate", {}).get("kubernetes") or {}
+    return request.spec.raygate.section("kubernetes")
 
 
 def json_list(request: LaunchRequest, var: str) -> list[dict[str, Any]]:

@@ -102,14 +102,5 @@ class RayKernel(KernelHandle):
             return why_gone(self.actor_id)
 
     async def assign(self, request: LaunchRequest) -> None:
-        await self._call(
-            "assign",
-            {
-                "env": dict(request.env),
-                "username": request.username,
-                "cwd": request.cwd,
-                "launch_timeout": request.launch_timeout,
-                "pooled": request.pooled,
-            },
-        )
+        await self._call("assign", request.to_record())
         self.request = request

@@ -14,18 +14,14 @@ import signal
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from raygate.resources import ResourceRequest
-
 from ..base import (
     ConnectionInfo,
     KernelHandle,
-    KernelSpecInfo,
     KernelStartError,
     Launcher,
     LaunchRequest,
@@ -233,15 +229,7 @@ class RayLauncher(Launcher):
 
     def _meta(self, request: LaunchRequest) -> dict[str, Any]:
         return {
-            "kernel_id": request.kernel_id,
-            "spec": asdict(request.spec),
-            "env": dict(request.env),
-            "username": request.username,
-            "cwd": request.cwd,
-            "launch_timeout": request.launch_timeout,
-            "resources": request.resources.to_dict(),
-            "encryption": request.encryption,
-            "pooled": request.pooled,
+            **request.to_record(),
             "keep_output_bytes": self.keep_output_bytes,
             "created": datetime.now(UTC).isoformat(),
         }
@@ -415,25 +403,10 @@ class RayLauncher(Launcher):
                 info = await get(actor.describe.remote(), 5.0)
                 if info["meta"].get("pooled"):
                     return None  # a warm kernel of some gateway's pool: nobody's to serve
-                return self._handle(actor, info, _request_from_meta(info["meta"]))
+                return self._handle(actor, info, LaunchRequest.from_record(info["meta"]))
             except Exception as exc:
                 log.debug("ray: actor %s not served (yet): %s", name, exc)
                 return None
 
         found = await asyncio.gather(*(describe(name) for name in names))
         return [h for h in found if h is not None]
-
-
-def _request_from_meta(meta: dict[str, Any]) -> LaunchRequest:
-    spec = KernelSpecInfo(**meta["spec"])
-    return LaunchRequest(
-        kernel_id=meta["kernel_id"],
-        spec=spec,
-        env=dict(meta.get("env") or {}),
-        launch_timeout=float(meta.get("launch_timeout") or 60.0),
-        username=meta.get("username"),
-        cwd=meta.get("cwd"),
-        resources=ResourceRequest.from_dict(meta.get("resources")),
-        encryption=meta.get("encryption") or "none",
-        pooled=bool(meta.get("pooled")),
-    )

@@ -54,7 +54,7 @@ def actor_options(
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             node_id=res.node_id, soft=res.soft
         )
-    runtime_env = request.spec.metadata.get("raygate", {}).get("runtime_env")
+    runtime_env = request.spec.raygate.runtime_env
     if runtime_env:
         options["runtime_env"] = runtime_env
     return options

@@ -14,7 +14,7 @@ from .resources import (
     placement_constraints,
     requested_resources,
 )
-from .state import StateStore, default_state_dir, request_from_dict, request_to_dict
+from .state import StateStore, default_state_dir
 
 __all__ = [
     "DEAD_AFTER_FAILED_CHECKS",
@@ -26,7 +26,5 @@ __all__ = [
     "default_state_dir",
     "describe_resources",
     "placement_constraints",
-    "request_from_dict",
-    "request_to_dict",
     "requested_resources",
 ]

@@ -20,7 +20,7 @@ from ..base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, Lau
 from ..kernelside.keeper import message_id
 from ..wire import ChannelError, control_request, decode_secret, encode_secret
 from .listener import ReportListener
-from .state import StateStore, request_from_dict, request_to_dict
+from .state import StateStore
 
 log = logging.getLogger("raygate.launchers.remote")
 
@@ -67,7 +67,7 @@ class RemoteKernel(KernelHandle):
             "control": {"host": self.control_host, "port": self.control_port},
             "connection": self.connection.to_dict(),
             "placement": self.placement,
-            "request": request_to_dict(self.request),
+            "request": self.request.to_record(),
             "extra": self.extra,
             "created": self.created.isoformat() if self.created else None,
         }
@@ -76,7 +76,7 @@ class RemoteKernel(KernelHandle):
     def from_record(cls, launcher: RemoteLauncher, record: dict[str, Any]) -> RemoteKernel:
         kernel = cls(
             launcher,
-            request_from_dict(record["request"]),
+            LaunchRequest.from_record(record["request"]),
             ConnectionInfo.from_dict(record["connection"]),
             decode_secret(record["secret"]),
             record["control"]["host"],

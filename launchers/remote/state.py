@@ -3,14 +3,11 @@ records (one 0600 JSON file per kernel in a 0700 directory)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import tempfile
 from typing import Any
-
-from ..base import KernelSpecInfo, LaunchRequest
 
 log = logging.getLogger("raygate.launchers.remote.state")
 
@@ -20,18 +17,6 @@ STATE_VERSION = 1
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "raygate")
-
-
-def request_to_dict(request: LaunchRequest) -> dict[str, Any]:
-    return dataclasses.asdict(request)  # resources too, read back by LaunchRequest
-
-
-def request_from_dict(data: dict[str, Any]) -> LaunchRequest:
-    spec_fields = {f.name for f in dataclasses.fields(KernelSpecInfo)}
-    spec = KernelSpecInfo(**{k: v for k, v in data["spec"].items() if k in spec_fields})
-    req_fields = {f.name for f in dataclasses.fields(LaunchRequest)} - {"spec"}
-    kwargs = {k: v for k, v in data.items() if k in req_fields}
-    return LaunchRequest(spec=spec, **kwargs)
 
 
 class StateStore:

@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection, Request
 
 from raygate.config import GatewayConfig
 from raygate.errors import APIError
-from raygate.registry import Kernel, KernelRegistry
+from raygate.kernels.registry import Kernel, KernelRegistry
 from raygate.users import authenticated_user, may_see
 
 MAX_BODY = 4 * 1024 * 1024

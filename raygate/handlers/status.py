@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from raygate import __version__
+from raygate.kernels.registry import Kernel, iso
 from raygate.metrics import kernel_gpus, kernel_state
 from raygate.openapi import openapi_spec
-from raygate.registry import Kernel, iso
 
 from .common import config, registry, sees
 

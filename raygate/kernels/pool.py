@@ -2,8 +2,8 @@
 
 ``--prewarm python3=2,py-gpu=1`` keeps that many ready kernels of each kernelspec, started
 with the kernelspec's own resources (no per-request ``KERNEL_*`` overrides) through the
-same launcher and the same :meth:`KernelRegistry._launch` as any kernel, so they are placed
-like any other. A start request that fits a warm kernel (same kernelspec, same resource
+same launcher and the same :meth:`KernelHost.launch` as any kernel, admitted by the same
+:meth:`~.admission.Admission.pool_request` rules, so they are placed like any other. A start request that fits a warm kernel (same kernelspec, same resource
 shape, an env that can still reach the kernel) gets it in tens of milliseconds instead of
 a launch; the pool then starts a replacement in the background.
 
@@ -26,21 +26,18 @@ import asyncio
 import logging
 import math
 import time
-import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from raygate.config import GatewayConfig
+from raygate.errors import APIError
 from raygate.launchers import Launcher, LaunchRequest
 from raygate.launchers.kernelside.env import kernel_env
+from raygate.logs import kernel_id_var
 
-from .errors import APIError
-from .kernelspecs import NoSuchKernel
-from .logs import kernel_id_var
-from .resources import InvalidResourceRequest, ResourceCaps, resource_request
-
-if TYPE_CHECKING:
-    from .registry import Kernel, KernelRegistry
+from .admission import Admission
+from .kernel import Kernel, RegistryObserver
 
 log = logging.getLogger("raygate.pool")
 
@@ -52,7 +49,7 @@ RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 """Back-off, in seconds, after a pool kernel failed to start (doubling up to the maximum)."""
 
 _PER_REQUEST = frozenset(
-    {"kernel_id", "spec", "env", "username", "cwd", "launch_timeout", "pooled"}
+    {"version", "kernel_id", "spec", "env", "username", "cwd", "launch_timeout", "pooled"}
 )
 """LaunchRequest fields a hand-out sets on a warm kernel; every other field (resources,
 encryption, ...) is fixed at launch and must match the request's."""
@@ -83,9 +80,7 @@ def parse_prewarm(text: str) -> dict[str, int]:
 
 def _shape(request: LaunchRequest) -> dict[str, Any]:
     """What a kernel is launched as and cannot change afterwards."""
-    shape = {f.name: getattr(request, f.name) for f in fields(request)}
-    for name in _PER_REQUEST:
-        shape.pop(name, None)
+    shape = {k: v for k, v in request.to_record().items() if k not in _PER_REQUEST}
     shape["spec"] = request.spec.name
     return shape
 
@@ -120,31 +115,48 @@ class _Shelf:
     retry_at: float = 0.0
 
 
-class WarmPool:
-    """The warm kernels of one gateway; owned by its :class:`KernelRegistry`."""
+class KernelHost(Protocol):
+    """What the pool needs of the gateway's kernel table; :class:`~.registry.KernelRegistry`
+    implements it. The pool's kernels are not in the table until handed out."""
 
-    def __init__(self, registry: KernelRegistry, sizes: dict[str, int]) -> None:
+    config: GatewayConfig
+    admission: Admission
+    observer: RegistryObserver
+
+    def in_use(self) -> int:
+        """Kernels in the table plus starts in flight (they count against --max-kernels)."""
+        ...
+
+    async def launch(self, launcher: Launcher, request: LaunchRequest, observe: bool) -> Kernel:
+        """Start a kernel and wait until it answers (raises APIError); ``observe=False``:
+        no user's start, not counted in the start metrics. Not put in the table."""
+        ...
+
+    def hold(self, kernel_id: str) -> None:
+        """Keep discovery from adopting ``kernel_id`` (a kernel this gateway is starting,
+        or keeps in its pool) until :meth:`unhold`."""
+        ...
+
+    def unhold(self, kernel_id: str) -> None:
+        """Undo :meth:`hold`: the kernel is in the table now, or never started."""
+        ...
+
+    def retire(self, kernel: Kernel) -> asyncio.Future[None]:
+        """Shut down a kernel that is not in the table, in the background, and never adopt
+        its id; the future is done when it is stopped."""
+        ...
+
+
+class WarmPool:
+    """The warm kernels of one gateway; owned by its :class:`~.registry.KernelRegistry`."""
+
+    def __init__(self, host: KernelHost, sizes: dict[str, int]) -> None:
         """Raises ValueError, for ``raygate serve`` to report, when a kernelspec is unknown
         or cannot be started by this gateway."""
-        self.registry = registry
+        self.host = host
         self.shelves: dict[str, _Shelf] = {}
         for name, size in sizes.items():
-            try:
-                spec = registry.kernelspecs.launch_info(name)
-            except NoSuchKernel:
-                known = ", ".join(registry.kernelspecs.names()) or "none"
-                raise ValueError(
-                    f"--prewarm: no kernelspec named {name!r} (kernelspecs: {known})"
-                ) from None
-            kind = spec.metadata.get("raygate", {}).get("launcher")
-            kind = kind or registry.config.default_launcher
-            launcher = registry.launchers.get(kind)
-            if launcher is None:
-                raise ValueError(
-                    f"--prewarm: kernelspec {name!r} asks for launcher {kind!r}, which this "
-                    f"gateway does not run (it has: {', '.join(sorted(registry.launchers))})"
-                )
-            self._request(name)  # its resource request must be valid too
+            launcher = host.admission.pool_request(name).launcher  # and its resources are valid
             self.shelves[name] = _Shelf(name, size, launcher)
         self.closed = False
         self._wake = asyncio.Event()
@@ -219,7 +231,7 @@ class WarmPool:
         kernel.username = request.username
         kernel.warm = True
         kernel.channels.last_activity = datetime.now(UTC)  # idle from now, for culling
-        self.registry._launching.discard(kernel.id)  # the registry serves it from here on
+        self.host.unhold(kernel.id)  # the registry serves it from here on
         kernel_id_var.set(kernel.id)
         log.info(
             "kernel %s: %s served from the warm pool in %.3fs",
@@ -227,7 +239,7 @@ class WarmPool:
             kernel.name,
             time.monotonic() - started,
         )
-        self.registry.observer.kernel_started(kernel, time.monotonic() - started)
+        self.host.observer.kernel_started(kernel, time.monotonic() - started)
         return kernel
 
     def _pick(self, request: LaunchRequest) -> Kernel | None:
@@ -301,11 +313,10 @@ class WarmPool:
 
     def _room(self) -> float:
         """How many more kernels --max-kernels allows (infinite without a limit)."""
-        limit = self.registry.config.max_kernels
+        limit = self.host.config.max_kernels
         if not limit:
             return math.inf
-        used = len(self.registry.kernels) + self.registry._starting + self.total()
-        return limit - used
+        return limit - self.host.in_use() - self.total()
 
     def _make_room(self) -> None:
         """Give up ready kernels while users' kernels and pool kernels exceed the limit."""
@@ -316,30 +327,6 @@ class WarmPool:
             kernel = fullest.ready.pop()
             log.info("kernel %s: warm kernel shut down to make room for a start", kernel.id)
             self._discard(kernel)
-
-    def _request(self, name: str) -> LaunchRequest:
-        """A launch request for a pool kernel of kernelspec ``name``: the kernelspec's own
-        resources, no env. Read afresh each time, like a start request's."""
-        config = self.registry.config
-        spec = self.registry.kernelspecs.launch_info(name)
-        caps = ResourceCaps(
-            cpus=config.max_kernel_cpus or None,
-            memory=config.max_kernel_memory or None,
-            gpus=config.max_kernel_gpus or None,
-        )
-        try:
-            resources = resource_request(spec.metadata.get("raygate"), {}, caps)
-        except InvalidResourceRequest as exc:
-            raise ValueError(f"--prewarm: kernelspec {name!r}: {exc}") from None
-        return LaunchRequest(
-            kernel_id=str(uuid.uuid4()),
-            spec=spec,
-            env={},
-            launch_timeout=config.kernel_launch_timeout,
-            resources=resources,
-            encryption=config.kernel_encryption,
-            pooled=True,
-        )
 
     def _top_up(self) -> None:
         now = time.monotonic()
@@ -357,18 +344,18 @@ class WarmPool:
 
     async def _fill(self, shelf: _Shelf) -> None:
         try:
-            request = self._request(shelf.name)
-        except (NoSuchKernel, ValueError) as exc:
+            request = self.host.admission.pool_request(shelf.name).request
+        except ValueError as exc:
             shelf.starting -= 1
             self._failed(shelf, str(exc))
             return
-        # Reserved like a start in flight: discovery must not take it for another
+        # Held like a start in flight: discovery must not take it for another
         # replica's kernel, nor adopt it while it is in the pool.
-        self.registry._launching.add(request.kernel_id)
+        self.host.hold(request.kernel_id)
         try:
-            kernel = await self.registry._launch(shelf.launcher, request, observe=False)
+            kernel = await self.host.launch(shelf.launcher, request, observe=False)
         except APIError as exc:
-            self.registry._launching.discard(request.kernel_id)
+            self.host.unhold(request.kernel_id)
             self._failed(shelf, exc.message)
             return
         else:
@@ -395,7 +382,7 @@ class WarmPool:
         self._wake.set()  # so that the retry is made when its time comes
 
     async def _run(self) -> None:
-        interval = self.registry.config.monitor_interval
+        interval = self.host.config.monitor_interval
         while True:
             try:
                 await self._check_liveness()
@@ -410,12 +397,12 @@ class WarmPool:
 
     async def _check_liveness(self) -> None:
         """Pool kernels that died are shut down (releasing what they hold) and replaced."""
-        by_launcher: dict[str, list[Kernel]] = {}
+        by_launcher: dict[Launcher, list[Kernel]] = {}
         for shelf in self.shelves.values():
             for kernel in shelf.ready:
-                by_launcher.setdefault(kernel.launcher.kind, []).append(kernel)
-        for kind, kernels in by_launcher.items():
-            alive = await self.registry.launchers[kind].check_alive([k.handle for k in kernels])
+                by_launcher.setdefault(kernel.launcher, []).append(kernel)
+        for launcher, kernels in by_launcher.items():
+            alive = await launcher.check_alive([k.handle for k in kernels])
             for kernel in kernels:
                 shelf = self.shelves[kernel.name]
                 if not alive.get(kernel.id, True) and kernel in shelf.ready:
@@ -426,9 +413,6 @@ class WarmPool:
 
     def _discard(self, kernel: Kernel) -> None:
         """Shut a pool kernel down in the background (close() waits for it)."""
-        registry = self.registry
-        registry._launching.discard(kernel.id)
-        registry._gone[kernel.id] = None  # never to be adopted as someone's kernel
-        task = asyncio.ensure_future(registry._stop(kernel))
+        task = self.host.retire(kernel)  # never to be adopted as someone's kernel
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)

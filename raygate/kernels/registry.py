@@ -13,29 +13,31 @@ import itertools
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import zmq.asyncio
 
+from raygate.bridge.channels import KernelChannels, KernelNotReady
+from raygate.bridge.messages import new_message
+from raygate.bridge.watermarks import Watermarks
+from raygate.config import GatewayConfig
+from raygate.errors import APIError
+from raygate.kernelspecs import KernelSpecs
 from raygate.launchers import KernelHandle, KernelStartError, Launcher, LaunchRequest
 from raygate.launchers.remote import default_state_dir
+from raygate.limits import allow_sockets, check_room, out_of_files
+from raygate.logs import kernel_id_var, kernel_scoped
+from raygate.resources import ResourceRequest
+from raygate.users import Usage
 
-from .bridge.channels import KernelChannels, KernelNotReady
-from .bridge.messages import new_message
-from .bridge.watermarks import Watermarks
-from .config import GatewayConfig
-from .env import parse_timeout, validate_env
-from .errors import APIError
-from .kernelspecs import KernelSpecs, NoSuchKernel
-from .limits import allow_sockets, check_room, out_of_files
-from .logs import kernel_id_var, kernel_scoped
+from .admission import Admission
+from .caps import LocalReservations, Reservations
+from .kernel import Kernel, RegistryObserver, iso
 from .pool import WarmPool
-from .resources import InvalidResourceRequest, ResourceCaps, ResourceRequest, resource_request
-from .users import Usage, check_allowed, check_user_limits, claim_username
+
+__all__ = ["Kernel", "KernelRegistry", "RegistryObserver", "iso"]
 
 log = logging.getLogger("raygate.registry")
 
@@ -64,19 +66,6 @@ class _Ids(Collection[str]):
         return sum(map(len, self.groups))
 
 
-class RegistryObserver:
-    """Hooks for what happens once per kernel (the gateway's metrics implement them)."""
-
-    def kernel_started(self, kernel: Kernel, seconds: float) -> None:
-        """A start request's kernel answers, ``seconds`` after the launch began."""
-
-    def start_failed(self, status: int) -> None:
-        """A start request failed with this HTTP status."""
-
-    def kernel_removed(self, kernel: Kernel) -> None:
-        """The kernel left the registry (shut down, culled or dead)."""
-
-
 def _observe_failures(start: Any) -> Any:
     @functools.wraps(start)
     async def observed(self: KernelRegistry, *args: Any, **kwargs: Any) -> Kernel:
@@ -92,68 +81,36 @@ def _observe_failures(start: Any) -> Any:
     return observed
 
 
-def iso(ts: datetime) -> str:
-    """The timestamp form jupyter_server's gateway client parses."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class Kernel:
-    id: str
-    name: str
-    launcher: Launcher
-    handle: KernelHandle
-    channels: KernelChannels
-    username: str | None = None
-    created: datetime = field(default_factory=lambda: datetime.now(UTC))
-    restarts: int = 0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    busy_with: str = ""
-    """``restarting`` or ``shutting down`` while the registry works on the kernel."""
-    warm: bool = False
-    """Served from the warm pool (started before its request came)."""
-    cull_warned_at: datetime | None = None
-    """When clients were warned that the kernel is about to be culled (None: not warned)."""
-
-    @property
-    def interrupt_mode(self) -> str:
-        return self.handle.request.spec.interrupt_mode
-
-    def model(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "last_activity": iso(self.channels.last_activity),
-            "execution_state": self.channels.execution_state,
-            "connections": len(self.channels.clients),
-            "launcher": self.launcher.kind,
-            "placement": self.handle.placement,
-            "username": self.username,
-            "created": iso(self.created),
-        }
-
-
 class KernelRegistry:
+    """The kernel table. Start requests are admitted by :attr:`admission`; the warm pool
+    (:attr:`pool`) uses the public methods of :class:`~.pool.KernelHost` (``in_use``,
+    ``launch``, ``hold``, ``unhold``, ``retire``) and nothing else of it."""
+
     def __init__(
         self,
         config: GatewayConfig,
         kernelspecs: KernelSpecs,
         launchers: dict[str, Launcher],
+        reservations: Reservations | None = None,
     ) -> None:
+        """``reservations``: where per-user caps are counted (default: this gateway's
+        kernels only)."""
         self.config = config
         self.kernelspecs = kernelspecs
         self.launchers = launchers
         self.kernels: dict[str, Kernel] = {}
         self.zmq_context = zmq.asyncio.Context()
         allow_sockets(self.zmq_context)  # libzmq's default of 1023 sockets is 255 kernels
-        self._starting = 0
+        if reservations is None:
+            reservations = LocalReservations(config, self._running_resources)
+        self.admission = Admission(
+            config, kernelspecs, launchers, reservations, running=lambda: len(self.kernels)
+        )
         self._last_miss_discovery = 0.0
         self._stopping: set[asyncio.Future] = set()
         self._monitor: asyncio.Task | None = None
         self._launching: set[str] = set()
         """Ids of kernels this gateway is starting (not to be "discovered" meanwhile)."""
-        self._reserved: dict[str, tuple[str | None, ResourceRequest]] = {}
-        """User and resources of each start in flight, counted in per-user limits."""
         self._gone: dict[str, None] = {}
         """Ids of kernels this gateway shut down, newest last (not to be adopted again)."""
         self._probes: set[asyncio.Task] = set()
@@ -288,13 +245,17 @@ class KernelRegistry:
     def list(self) -> list[Kernel]:
         return list(self.kernels.values())
 
+    def _running_resources(self, username: str | None) -> list[ResourceRequest]:
+        """What ``username``'s kernels in the table asked for (per-user caps count it)."""
+        return [k.handle.request.resources for k in self.kernels.values() if k.username == username]
+
     def user_usage(self, username: str | None) -> Usage:
         """What ``username``'s live kernels and starts in flight asked for."""
-        asked = [
-            k.handle.request.resources for k in self.kernels.values() if k.username == username
-        ]
-        asked += [resources for who, resources in self._reserved.values() if who == username]
-        return Usage.of(asked)
+        return self.admission.usage(username)
+
+    def in_use(self) -> int:
+        """Kernels in the table plus starts in flight; the pool counts its own on top."""
+        return len(self.kernels) + self.admission.starting
 
     # -- starting -----------------------------------------------------------------
 
@@ -302,77 +263,37 @@ class KernelRegistry:
     async def start(self, name: str | None, env: Any, user: str | None = None) -> Kernel:
         """Start a kernel of kernelspec ``name``. ``user``: the authenticated user (users
         file or trusted header), who overrides the request's KERNEL_USERNAME."""
-        name = name or self.config.default_kernel_name
-        if not isinstance(name, str):
-            raise APIError(400, "'name' must be a string")
+        admitted = await self.admission.admit(name, env, user)
+        request = admitted.request
+        kernel_id_var.set(request.kernel_id)
+        self.hold(request.kernel_id)
         try:
-            spec = self.kernelspecs.launch_info(name)
-        except NoSuchKernel:
-            raise APIError(404, f"No such kernelspec: {name}") from None
-        kernel_env = validate_env(env, self.config.allowed_envs)
-        username = claim_username(kernel_env, user)
-        timeout = parse_timeout(
-            kernel_env.get("KERNEL_LAUNCH_TIMEOUT"),
-            self.config.kernel_launch_timeout,
-            self.config.max_kernel_launch_timeout,
-        )
-        kind = spec.metadata.get("raygate", {}).get("launcher") or self.config.default_launcher
-        launcher = self.launchers.get(kind)
-        if launcher is None:
-            raise APIError(
-                500,
-                f"Kernelspec {name} asks for launcher {kind!r}, which this gateway does not "
-                f"run (it has: {', '.join(sorted(self.launchers))})",
-            )
-        check_allowed(self.config, username, name, spec.metadata.get("raygate") or {})
-        # Counted before the first await, so concurrent starts cannot overshoot the limit.
-        limit = self.config.max_kernels
-        if limit and len(self.kernels) + self._starting >= limit:
-            raise APIError(
-                403, f"Resource limit reached: this gateway runs at most {limit} kernels"
-            )
-        try:
-            resources = resource_request(
-                spec.metadata.get("raygate"),
-                kernel_env,
-                ResourceCaps(
-                    cpus=self.config.max_kernel_cpus or None,
-                    memory=self.config.max_kernel_memory or None,
-                    gpus=self.config.max_kernel_gpus or None,
-                ),
-            )
-        except InvalidResourceRequest as exc:
-            raise APIError(400, f"Kernel {name}: bad resource request: {exc}") from None
-        check_user_limits(self.config, username, self.user_usage(username), resources)
-        self._starting += 1
-        kernel_id = str(uuid.uuid4())
-        kernel_id_var.set(kernel_id)
-        self._launching.add(kernel_id)
-        self._reserved[kernel_id] = (username, resources)  # held until it runs or fails
-        try:
-            request = LaunchRequest(
-                kernel_id=kernel_id,
-                spec=spec,
-                env=kernel_env,
-                launch_timeout=timeout,
-                username=username,
-                cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
-                resources=resources,
-                encryption=self.config.kernel_encryption,
-            )
-            kernel = await self.pool.take(request) or await self._launch(launcher, request)
+            kernel = await self.pool.take(request) or await self.launch(admitted.launcher, request)
+        except BaseException:
+            await self.admission.ended(request.kernel_id)
+            raise
         finally:
-            self._starting -= 1
-            self._launching.discard(kernel_id)
-            self._reserved.pop(kernel_id, None)
+            self.unhold(request.kernel_id)
         self.kernels[kernel.id] = kernel
+        # A warm kernel keeps its own id: the claim made under the request's follows it.
+        await self.admission.started(request.kernel_id, kernel.id)
         return kernel
 
-    async def _launch(
+    def hold(self, kernel_id: str) -> None:
+        """Keep discovery from adopting ``kernel_id`` while this gateway starts it or keeps
+        it in its pool; called by ``start`` and the pool."""
+        self._launching.add(kernel_id)
+
+    def unhold(self, kernel_id: str) -> None:
+        """Undo :meth:`hold`: the kernel is in the table, or did not start."""
+        self._launching.discard(kernel_id)
+
+    async def launch(
         self, launcher: Launcher, request: LaunchRequest, observe: bool = True, attempt: int = 1
     ) -> Kernel:
-        """Start a kernel and wait until it answers; ``observe=False`` for the warm pool's
-        kernels, whose launch is no user's start.
+        """Start a kernel and wait until it answers, without putting it in the table;
+        ``observe=False`` for the warm pool's kernels, whose launch is no user's start.
+        Called by ``start`` and the warm pool.
 
         Kernels are given free ports to bind, which another process may take first (any
         outgoing connection's source port): such a kernel is started again, with new ports.
@@ -380,7 +301,7 @@ class KernelRegistry:
         started = time.monotonic()
         name = request.spec.name
         # Refused while the gateway can still answer: out of descriptors, it could not.
-        full = check_room(len(self.kernels), self._starting, self.zmq_context)
+        full = check_room(len(self.kernels), self.admission.starting, self.zmq_context)
         if full:
             raise APIError(503, f"Kernel {name} not started: {full}")
         try:
@@ -415,7 +336,7 @@ class KernelRegistry:
             await handle.shutdown()
             if status == 500 and PORT_TAKEN in reason and attempt < PORT_ATTEMPTS:
                 log.warning("kernel %s: a port it was given was taken first; again", name)
-                return await self._launch(launcher, request, observe, attempt + 1)
+                return await self.launch(launcher, request, observe, attempt + 1)
             detail = f"{exc}" + (f"\n{reason}" if reason else "")
             raise APIError(status, f"Kernel {name} failed to start: {detail}") from None
         if channels.execution_state in ("starting", "busy"):
@@ -485,16 +406,24 @@ class KernelRegistry:
         if kernel is None:
             raise APIError(404, f"Kernel does not exist: {kernel_id}")
         self.observer.kernel_removed(kernel)
-        self._gone[kernel_id] = None
+        kernel.busy_with = "shutting down"
+        stopped = self.retire(kernel)
+        await self.admission.ended(kernel_id)
+        await asyncio.shield(stopped)
+
+    def retire(self, kernel: Kernel) -> asyncio.Future[None]:
+        """Stop a kernel that is out of the table (shut down, or the pool's) in the
+        background, and never adopt its id again. Tracked, so that a caller cancelled
+        half-way (the monitor, at gateway exit) leaves no kernel running nor sockets open;
+        close() waits for these. Called by ``shutdown`` and the pool."""
+        self.unhold(kernel.id)
+        self._gone[kernel.id] = None
         while len(self._gone) > 10_000:
             del self._gone[next(iter(self._gone))]
-        kernel.busy_with = "shutting down"
-        # Shielded and tracked: a caller cancelled half-way (the monitor, at gateway exit)
-        # must not leave a kernel running or sockets open; close() waits for these.
         task = asyncio.ensure_future(self._stop(kernel))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
-        await asyncio.shield(task)
+        return task
 
     async def _stop(self, kernel: Kernel) -> None:
         try:
