@@ -30,7 +30,6 @@ from raygate.launchers.remote import default_state_dir
 from raygate.limits import allow_sockets, check_room, out_of_files
 from raygate.logs import kernel_id_var, kernel_scoped
 from raygate.resources import ResourceRequest
-from raygate.users import Usage
 
 from .admission import Admission
 from .caps import LocalReservations, Reservations
@@ -248,10 +247,6 @@ class KernelRegistry:
     def _running_resources(self, username: str | None) -> list[ResourceRequest]:
         """What ``username``'s kernels in the table asked for (per-user caps count it)."""
         return [k.handle.request.resources for k in self.kernels.values() if k.username == username]
-
-    def user_usage(self, username: str | None) -> Usage:
-        """What ``username``'s live kernels and starts in flight asked for."""
-        return self.admission.usage(username)
 
     def in_use(self) -> int:
         """Kernels in the table plus starts in flight; the pool counts its own on top."""
