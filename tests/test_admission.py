@@ -86,12 +86,20 @@ async def test_the_request_of_a_plain_start(specs: KernelSpecs) -> None:
     assert admitted.launcher.kind == "ray"  # the gateway's default launcher
     assert request.spec.name == "python3"  # the gateway's default kernelspec
     assert request.username == "alice"
-    assert request.env == {"KERNEL_WORKING_DIR": "/tmp", "KERNEL_USERNAME": "alice"}
+    assert request.env == {"KERNEL_WORKING_DIR": "/tmp"}  # OTHER is not allowed through
     assert request.cwd == "/tmp"
     assert request.launch_timeout == 60.0
     assert request.encryption == "curve"
     assert not request.pooled
     assert gate.starting == 1
+
+
+async def test_the_authenticated_user_overrides_kernel_username(specs: KernelSpecs) -> None:
+    gate = admission(specs)
+    admitted = await gate.admit("python3", {"KERNEL_USERNAME": "mallory"}, "alice")
+    assert admitted.request.username == "alice"
+    admitted = await gate.admit("python3", {"KERNEL_USERNAME": "bob"}, None)
+    assert admitted.request.username == "bob"  # names the kernel's user, grants nothing
 
 
 async def test_kernelspec_launcher_and_resources(specs: KernelSpecs) -> None:
