@@ -365,6 +365,9 @@ class KernelRegistry:
 
     @kernel_scoped
     async def restart(self, kernel_id: str, reason: str = "") -> Kernel:
+        """Restart the kernel: a client asked for it (``reason`` empty, from the restart
+        handler) or it died and is restarted automatically (``reason`` says why, from the
+        monitor)."""
         kernel = self.get(kernel_id)
         async with kernel.lock:
             kernel.busy_with = "restarting"
@@ -376,7 +379,11 @@ class KernelRegistry:
 
     async def _restart(self, kernel: Kernel, reason: str) -> None:
         channels = kernel.channels
-        channels.broadcast_status("restarting", reason)
+        # JupyterLab reads `restarting` as "the kernel died and is being restarted
+        # automatically" and shows a modal error; jupyter_server publishes it only for such
+        # restarts. A restart the client asked for shows the new kernel's `starting` instead.
+        if reason:
+            channels.broadcast_status("restarting", reason)
         channels.expect_restart()
         try:
             connection = await kernel.handle.restart()
@@ -385,6 +392,8 @@ class KernelRegistry:
         if connection != kernel.handle.connection:
             kernel.handle.connection = connection
             channels.reconnect(connection)
+        if not reason:
+            channels.broadcast_status("starting")
         timeout = kernel.handle.request.launch_timeout
         try:
             await channels.wait_for_ready(timeout, kernel.handle.is_alive)
