@@ -327,6 +327,42 @@ main.add_command(bench)
     "pods to delete (also done at startup).",
 )
 @_option(
+    "--k8s-allowed-service-accounts",
+    default="",
+    help="Comma-separated service accounts (patterns: * ? [..] {username}) a start request's "
+    "KERNEL_SERVICE_ACCOUNT_NAME may name (default: only the pod template's, else 'default').",
+)
+@_option(
+    "--k8s-allowed-images",
+    default="",
+    help="Comma-separated image patterns (* ? [..] {username}) KERNEL_IMAGE may name (default: "
+    "only the images configured: the pod template's, the kernelspec's, --k8s-kernel-image).",
+)
+@_option(
+    "--k8s-allowed-volume-types",
+    default="emptyDir",
+    help="Comma-separated volume types KERNEL_VOLUMES may add (e.g. emptyDir,configMap; "
+    "persistentVolumeClaim is allowed by claim name, see --k8s-allowed-claims).",
+)
+@_option(
+    "--k8s-allowed-claims",
+    default="",
+    help="Comma-separated PersistentVolumeClaim names (patterns, e.g. claim-{username}: the "
+    "kernel's user's own) KERNEL_VOLUMES may mount (default: none).",
+)
+@_option(
+    "--k8s-allowed-uids",
+    default="",
+    help="Comma-separated uids and ranges (e.g. 1000-1999,65534) KERNEL_UID may choose (default: "
+    "only the pod template's runAsUser; never 0).",
+)
+@_option(
+    "--k8s-allowed-gids",
+    default="",
+    help="Comma-separated gids and ranges KERNEL_GID may choose (default: only the pod "
+    "template's runAsGroup; never 0).",
+)
+@_option(
     "--yarn-endpoint",
     default="",
     help="URL of the YARN ResourceManager's REST API (http://rm:8088) the yarn launcher "

@@ -84,6 +84,13 @@ class GatewayConfig:
     k8s_context: str = ""
     k8s_unschedulable_wait: float = 0.0
     k8s_scan_interval: float = 30.0
+    # What a start request may choose about its pod (launchers/kubernetes/policy.py).
+    k8s_allowed_service_accounts: str = ""
+    k8s_allowed_images: str = ""
+    k8s_allowed_volume_types: str = "emptyDir"
+    k8s_allowed_claims: str = ""
+    k8s_allowed_uids: str = ""
+    k8s_allowed_gids: str = ""
     # YARN: kernels as application masters (launchers/yarn.py).
     yarn_endpoint: str = ""
     yarn_queue: str = "default"

@@ -5,13 +5,20 @@ secrets API to the official ``kubernetes`` client over HTTP with a bearer token,
 "runs" each scheduled pod's container command as a local process: the gateway really
 creates a pod through the client, the stand-in starts the bootstrap from the pod spec
 (secret from the kernel's Secret), the bootstrap reports, and the kernel executes code.
-The stand-in's node has 4 CPUs, 8Gi and one ``nvidia.com/gpu``.
+The stand-in's node has 4 CPUs, 8Gi and one ``nvidia.com/gpu``; its namespaces have the
+service accounts ``default`` and ``kernels``, and it runs each pod's command as the pod's
+``runAsUser``/``runAsGroup`` with only the pod's environment, as a kubelet would.
+
+This machine's Python lives under ``/root`` (mode 0700), so the pods that run the bootstrap
+run as root here (their template says so); the pods that show the uid switch run ``/bin/sh``
+as the ``nobody`` account (65534).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import os
 import signal
@@ -42,6 +49,19 @@ ROOT = os.path.dirname(HERE)
 TOKEN = "standin-bearer-token"
 NAMESPACE = "kernels"
 UNPULLABLE = "registry.example/missing:1"
+NOBODY = 65534
+ALLOW = [
+    "--k8s-allowed-service-accounts",
+    "kernels,ghost",  # ghost: allowed here, but no such account in the cluster
+    "--k8s-allowed-images",
+    "registry.example/*",
+    "--k8s-allowed-uids",
+    str(NOBODY),
+    "--k8s-allowed-gids",
+    str(NOBODY),
+    "--k8s-allowed-claims",
+    "claim-{username}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +71,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = ["--token", TOKEN, "--namespaces", f"{NAMESPACE},team-a", "--gpus", "1"]
-    args += ["--unpullable-image", UNPULLABLE]
+    args += ["--unpullable-image", UNPULLABLE, "--service-account", "kernels"]
     log_path = str(root / "apiserver.log")
     proc = standins.start("kube_apiserver", port, args, log_path, "/api")
     kubeconfig = root / "kubeconfig"
@@ -92,7 +112,23 @@ def k8s_files(kube: dict[str, Any]) -> dict[str, str]:
     container = template["spec"]["containers"][0]
     container["command"] = [sys.executable, "-m", "raygate.launchers.kernelside.bootstrap"]
     container.pop("workingDir")
-    (root / "pod.yaml").write_text(yaml.safe_dump(template))
+    # this machine's Python is readable by root only (see the module docstring)
+    root_template = copy.deepcopy(template)
+    root_template["spec"]["securityContext"] = {"runAsNonRoot": False, "runAsUser": 0}
+    (root / "pod.yaml").write_text(yaml.safe_dump(root_template))
+    # the shipped template's runAsNonRoot, with no uid: the kubelet refuses to start it
+    no_uid = copy.deepcopy(template)
+    del no_uid["spec"]["securityContext"]["runAsUser"]
+    (root / "no-uid.yaml").write_text(yaml.safe_dump(no_uid))
+    # a container that shows whom it runs as and what it was given, then ends
+    show = copy.deepcopy(template)
+    show["spec"]["containers"][0]["command"] = [
+        "/bin/sh",
+        "-c",
+        "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) env=$(env | cut -d= -f1 | sort "
+        "| tr '\\n' ,); exit 3",
+    ]
+    (root / "show-user.yaml").write_text(yaml.safe_dump(show))
     (root / "no-containers.yaml").write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers: []\n")
     specs = str(root / "kernelspecs")
     write_kernelspec(
@@ -103,6 +139,9 @@ def k8s_files(kube: dict[str, Any]) -> dict[str, str]:
         "kubernetes": {"pod_template": str(root / "no-containers.yaml")},
     }
     write_kernelspec(specs, "k8s-broken-template", ipykernel_argv(), metadata={"raygate": meta})
+    for name, template_file in (("k8s-no-uid", "no-uid.yaml"), ("k8s-show-user", "show-user.yaml")):
+        meta = {"launcher": "kubernetes", "kubernetes": {"pod_template": str(root / template_file)}}
+        write_kernelspec(specs, name, ipykernel_argv(), metadata={"raygate": meta})
     return {"template": str(root / "pod.yaml"), "specs": specs, "root": str(root)}
 
 
@@ -126,6 +165,7 @@ def gateway_args(kube: dict[str, Any], files: dict[str, str], scan: str = "1") -
         os.path.join(files["root"], "unused-state"),
         "--default-launcher",
         "local",
+        *ALLOW,
     ]
 
 
@@ -176,12 +216,12 @@ def kernel_pods(kube: dict[str, Any]) -> list[str]:
     return [p.metadata.name for p in items]
 
 
-def fails_fast(gw: Gateway, env: dict[str, str], status: int) -> str:
+def fails_fast(gw: Gateway, env: dict[str, str], status: int, name: str = "k8s-python") -> str:
     """Start a kernel that must fail with ``status`` well within its launch timeout (30 s);
     return the message."""
     started = time.monotonic()
     env = {"KERNEL_LAUNCH_TIMEOUT": "30", **env}
-    r = gw.post("/api/kernels", json={"name": "k8s-python", "env": env})
+    r = gw.post("/api/kernels", json={"name": name, "env": env})
     assert r.status_code == status, r.text
     assert time.monotonic() - started < 5
     return r.json()["message"]
@@ -196,8 +236,6 @@ async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
         "KERNEL_MEMORY": "256Mi",
         "KERNEL_MEMORY_LIMIT": "1Gi",
         "KERNEL_GPUS": "1",
-        "KERNEL_UID": "1234",
-        "KERNEL_GID": "100",
         "KERNEL_SERVICE_ACCOUNT_NAME": "kernels",
         "KERNEL_WORKING_DIR": str(tmp_path),
         "KERNEL_VOLUMES": json.dumps([{"name": "data", "emptyDir": {}}]),
@@ -220,8 +258,6 @@ async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
     assert labels["raygate.io/username"] == "alice"
     spec = pod["spec"]
     assert spec["serviceAccountName"] == "kernels"
-    assert spec["securityContext"]["runAsUser"] == 1234
-    assert spec["securityContext"]["runAsGroup"] == 100
     assert {"name": "data", "emptyDir": {}} in spec["volumes"]
     container = spec["containers"][0]
     assert container["resources"]["requests"] == {
@@ -248,9 +284,11 @@ async def test_pod_kernel_start_execute_interrupt_restart_shutdown(
 
     out = await gw.run(
         kernel_id,
-        "import os; print(os.getcwd(), os.environ['KERNEL_GPUS'], 'RAYGATE_KERNEL_SECRET' in os.environ)",
+        "import os; print(os.getcwd(), os.environ['KERNEL_GPUS'], "
+        "'RAYGATE_KERNEL_SECRET' in os.environ, 'PYTEST_CURRENT_TEST' in os.environ)",
     )
-    assert out.stdout == f"{tmp_path} 1 False\n"
+    # the pod's environment only: nothing of the test run's (or the stand-in's)
+    assert out.stdout == f"{tmp_path} 1 False False\n"
 
     # the one GPU is held: a second GPU kernel cannot be scheduled now (503), one asking for
     # more than the node has never can (400); both fail at once with the scheduler's words
@@ -280,7 +318,10 @@ async def test_image_pull_errors_fail_fast_with_the_kubelets_reason(
     k8s_gateway: ServerProcess, kube: dict[str, Any]
 ) -> None:
     gw = k8s_gateway.client
-    for image, reason in ((UNPULLABLE, "ErrImagePull"), ("Not An Image", "InvalidImageName")):
+    for image, reason in (
+        (UNPULLABLE, "ErrImagePull"),
+        ("registry.example/Not An Image", "InvalidImageName"),
+    ):
         text = fails_fast(gw, {"KERNEL_IMAGE": image}, 500)
         assert reason in text and image in text, text
     assert kernel_pods(kube) == []
@@ -393,3 +434,127 @@ async def test_gateway_restart_finds_its_pods_and_deletes_orphans(
     assert second.client.delete(f"/api/kernels/{kernel_id}").status_code == 204
     assert gone(kube, "team-a", model["placement"]["pod"])
     assert wait_gone(remote_pids(model)) == []
+
+
+def no_kernel_objects(kube: dict[str, Any]) -> bool:
+    """Whether no kernel pod and no kernel Secret exists in any namespace."""
+    selector = "raygate.io/kernel-id"
+    api = kube["api"]
+    return not (
+        api.list_pod_for_all_namespaces(label_selector=selector).items
+        or api.list_secret_for_all_namespaces(label_selector=selector).items
+    )
+
+
+def test_disallowed_values_are_refused_before_anything_is_created(
+    k8s_gateway: ServerProcess, kube: dict[str, Any]
+) -> None:
+    gw = k8s_gateway.client
+
+    def volume(**source: Any) -> str:
+        return json.dumps([{"name": "v", **source}])
+
+    refusals = {
+        "KERNEL_SERVICE_ACCOUNT_NAME": [
+            (
+                "raygate",
+                "KERNEL_SERVICE_ACCOUNT_NAME=raygate is not allowed here (allowed: default, "
+                "kernels, ghost; see --k8s-allowed-service-accounts)",
+            )
+        ],
+        "KERNEL_IMAGE": [
+            ("evil.example/miner:1", "KERNEL_IMAGE=evil.example/miner:1 is not allowed here"),
+        ],
+        "KERNEL_UID": [
+            ("1234", f"KERNEL_UID=1234 is not allowed here (allowed: {NOBODY}; see "),
+            ("0", "KERNEL_UID=0: kernels do not run as root"),
+        ],
+        "KERNEL_GID": [("100", "KERNEL_GID=100 is not allowed here")],
+        "KERNEL_VOLUMES": [
+            (volume(secret={"secretName": "raygate-token"}), "'v' is a secret volume"),
+            (volume(projected={"sources": []}), "'v' is a projected volume"),
+            (volume(hostPath={"path": "/"}), "'v' is a hostPath volume"),
+            (volume(nfs={"server": "nas", "path": "/"}), "'v' is a nfs volume"),
+            (
+                volume(persistentVolumeClaim={"claimName": "claim-bob"}),
+                "'v' claims claim-bob, which is not allowed here (allowed claims: "
+                "claim-alice; see --k8s-allowed-claims)",
+            ),
+        ],
+        "KERNEL_VOLUME_MOUNTS": [
+            (
+                json.dumps([{"name": "scratch-of-someone", "mountPath": "/x"}]),
+                "'scratch-of-someone' is not a volume of KERNEL_VOLUMES",
+            )
+        ],
+    }
+    for var, cases in refusals.items():
+        for value, words in cases:
+            env = {var: value, "KERNEL_USERNAME": "alice"}
+            r = gw.post("/api/kernels", json={"name": "k8s-python", "env": env})
+            assert r.status_code == 400, (var, value, r.text)
+            assert r.json()["reason"] == "Bad Request"
+            assert words in r.json()["message"], (var, r.json()["message"])
+    assert no_kernel_objects(kube)
+
+
+def test_bad_allow_lists_stop_the_gateway_at_startup(
+    kube: dict[str, Any], k8s_files: dict[str, str], refused_serve
+) -> None:
+    for option, value, words in (
+        ("--k8s-allowed-images", "registry.example/[kernels", "has a '[' without its ']'"),
+        ("--k8s-allowed-service-accounts", "Kernels", "'Kernels' can never match"),
+        ("--k8s-allowed-uids", "0-1000", "allows 0, and kernels never run as root"),
+        ("--k8s-allowed-volume-types", "secrets", "'secrets' is not a Kubernetes volume type"),
+    ):
+        result = refused_serve(*gateway_args(kube, k8s_files), option, value)
+        assert result.exit_code == 2, result.output
+        assert words in result.stderr, result.stderr
+
+
+def test_pods_the_cluster_refuses_fail_with_its_words(
+    k8s_gateway: ServerProcess, kube: dict[str, Any]
+) -> None:
+    gw = k8s_gateway.client
+    # allowed by raygate, but no such service account: the API server refuses the pod
+    text = fails_fast(gw, {"KERNEL_SERVICE_ACCOUNT_NAME": "ghost"}, 400)
+    assert text == (
+        f"Kernel k8s-python failed to start: Kubernetes refused the kernel's pod in namespace "
+        f"{NAMESPACE}: pods "
+        f'"{text.split(chr(34))[1]}" is forbidden: error looking up service account '
+        f'{NAMESPACE}/ghost: serviceaccount "ghost" not found'
+    )
+    # runAsNonRoot and no uid: the kubelet will not start the container
+    text = fails_fast(gw, {}, 500, name="k8s-no-uid")
+    assert (
+        "CreateContainerConfigError: container has runAsNonRoot and image will run as root" in text
+    )
+    assert no_kernel_objects(kube)  # the Secrets made before the pods are gone too
+
+
+def test_a_pod_runs_as_its_uid_with_only_its_environment(
+    k8s_gateway: ServerProcess, kube: dict[str, Any]
+) -> None:
+    env = {"KERNEL_UID": str(NOBODY), "KERNEL_GID": str(NOBODY)}
+    text = fails_fast(k8s_gateway.client, env, 500, name="k8s-show-user")
+    assert "container kernel exited with code 3 (Error) before the kernel reported" in text
+    shown = text.split("uid=", 1)[1]
+    # the shipped template's fsGroup (100) is a supplemental group, as in a real pod
+    assert shown.startswith(f"{NOBODY} gid={NOBODY} groups={NOBODY} 100 env="), shown
+    names = set(shown.split("env=", 1)[1].strip().strip(",").split(","))
+    assert names <= {
+        "PATH",
+        "HOSTNAME",
+        "HOME",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "RAYGATE_BOOTSTRAP_SETTINGS",
+        "RAYGATE_KERNEL_SECRET",
+        "RAYGATE_ADVERTISE_ADDRESS",
+        "KERNEL_ID",
+        "PWD",
+        "SHLVL",
+        "_",
+    }, names
+    assert {"PATH", "RAYGATE_KERNEL_SECRET", "KERNEL_ID"} <= names
+    assert no_kernel_objects(kube)

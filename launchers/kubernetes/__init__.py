@@ -17,9 +17,11 @@ What raygate puts into the template, per kernel:
 * image: ``KERNEL_IMAGE``, else the kernelspec's ``metadata.raygate.kubernetes.image``,
   else ``--k8s-kernel-image``, else the template's;
 * ``KERNEL_SERVICE_ACCOUNT_NAME`` → ``serviceAccountName``; ``KERNEL_UID``/``KERNEL_GID`` →
-  ``securityContext.runAsUser``/``runAsGroup`` (root is refused); ``KERNEL_WORKING_DIR`` →
-  ``workingDir``; ``KERNEL_VOLUMES``/``KERNEL_VOLUME_MOUNTS`` (JSON lists, no ``hostPath``)
-  are added to the template's volumes and the kernel container's mounts;
+  ``securityContext.runAsUser``/``runAsGroup`` (never root); ``KERNEL_WORKING_DIR`` →
+  ``workingDir``; ``KERNEL_VOLUMES``/``KERNEL_VOLUME_MOUNTS`` (JSON lists) are added to the
+  template's volumes and the kernel container's mounts; each of these, and the image, only
+  within the operator's allow lists (:mod:`.policy`; by default what the template and the
+  kernelspec configure, and ``emptyDir`` volumes), else the start is a 400;
 * the resource request: CPUs and memory → ``resources.requests`` (their ``_LIMIT``s →
   ``resources.limits``), GPUs → ``nvidia.com/gpu`` (whole GPUs, request = limit), custom
   resources → extended resources of that name, node labels → ``nodeSelector``,
@@ -49,9 +51,10 @@ The gateway needs, in each kernel namespace: pods (create, get, list, delete), p
 
 Modules: :mod:`.launcher` (:class:`KubernetesLauncher`, :class:`PodKernel`), :mod:`.pod`
 (pure: the pod from the template and the request, and what a pod's status says is
-wrong), :mod:`.records` (the kernel's Secret), :mod:`.scan` (finding kernels again,
-deleting orphans), :mod:`.client` (the API client, imported only when a cluster is
-configured: it costs seconds to import).
+wrong), :mod:`.policy` (pure: what a request may choose about its pod), :mod:`.records`
+(the kernel's Secret), :mod:`.scan` (finding kernels again, deleting orphans),
+:mod:`.client` (the API client, imported only when a cluster is configured: it costs
+seconds to import).
 """
 
 from .launcher import KubernetesLauncher, PodKernel

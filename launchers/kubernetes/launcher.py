@@ -30,6 +30,7 @@ from .pod import (
     pod_problem,
     timed_out,
 )
+from .policy import AllowLists
 from .scan import scan
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class KubernetesLauncher(RemoteLauncher):
         scan_interval: float = 30.0,
         orphan_grace: float = 660.0,
         request_timeout: float = 10.0,
+        allow: AllowLists | None = None,
         listener: ReportListener | None = None,
         state_dir: str = "",
         report_address: str = "",
@@ -88,6 +90,8 @@ class KubernetesLauncher(RemoteLauncher):
         self.scan_interval = scan_interval
         self.orphan_grace = orphan_grace
         self.request_timeout = request_timeout
+        self.allow = allow or AllowLists()
+        """What a start request's ``KERNEL_*`` values may choose about its pod."""
         self.api: k8s_client.CoreV1Api | None = None
         self._launching: set[str] = set()
         self._saves: dict[str, asyncio.Task] = {}
@@ -108,6 +112,15 @@ class KubernetesLauncher(RemoteLauncher):
             unschedulable_wait=getattr(config, "k8s_unschedulable_wait", 0.0),
             scan_interval=getattr(config, "k8s_scan_interval", 30.0),
             orphan_grace=getattr(config, "max_kernel_launch_timeout", 600.0) + 60.0,
+            # malformed or never-matching lists: PolicyError, and the gateway does not start
+            allow=AllowLists.parse(
+                service_accounts=getattr(config, "k8s_allowed_service_accounts", ""),
+                images=getattr(config, "k8s_allowed_images", ""),
+                volume_types=getattr(config, "k8s_allowed_volume_types", "emptyDir"),
+                claims=getattr(config, "k8s_allowed_claims", ""),
+                uids=getattr(config, "k8s_allowed_uids", ""),
+                gids=getattr(config, "k8s_allowed_gids", ""),
+            ),
             **cls.remote_options(config),
         )
 
@@ -199,6 +212,7 @@ class KubernetesLauncher(RemoteLauncher):
         deadline = started + request.launch_timeout - min(2.0, 0.2 * request.launch_timeout)
         template = self._template_for(request)
         namespace = self._namespace_for(request)
+        self.allow.check(request, template, self.kernel_image)  # before anything is created
         name = pod_name(request.kernel_id)
         secret = new_secret()
         placement = {"launcher": self.kind, "namespace": namespace, "pod": name}

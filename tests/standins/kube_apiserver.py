@@ -6,7 +6,8 @@ for pods and secrets, with the real paths, bodies and status codes:
 * ``POST/GET/DELETE /api/v1/namespaces/{ns}/pods[/{name}]``, ``GET /api/v1/pods``,
   ``GET .../pods/{name}/log``; lists filter by ``labelSelector`` (equality, ``!=``,
   existence, ``in``/``notin``);
-* ``POST/GET/PATCH/DELETE /api/v1/namespaces/{ns}/secrets[/{name}]`` (merge patches);
+* ``POST/GET/PATCH/DELETE /api/v1/namespaces/{ns}/secrets[/{name}]`` (merge patches),
+  ``GET /api/v1/secrets``;
 * errors as ``Status`` objects: 401 without the bearer token, 404 ``NotFound``, 409
   ``AlreadyExists``, 422 ``Invalid`` (names, containers, images, label values,
   quantities, extended resources whose request is not their limit).
@@ -24,10 +25,25 @@ secrets, ``fieldRef`` for the pod's name, namespace and IP, which is 127.0.0.1) 
 Deleting a pod sends SIGTERM, then SIGKILL after the grace period, and deletes the
 secrets it owns (``ownerReferences``), as Kubernetes' garbage collector would.
 
-Left out: watches, other kinds, field selectors, user/group switching (``runAsUser`` is
-recorded, not applied), volumes (recorded), container restarts, resourceVersion checks.
+Where it matters for what a pod may do, it is as strict as the real thing:
 
-Run (from tests/): ``python -m standins.kube_apiserver --port P --token T [--gpus 1 --cpu 4 --memory 8Gi]``.
+* a container's environment is only what the kubelet gives one: the pod's ``env``, the
+  image's ``PATH`` (this machine's), ``HOSTNAME``, ``HOME`` of its user, and
+  ``KUBERNETES_SERVICE_HOST``/``_PORT``; nothing of the stand-in's own environment;
+* a pod naming a service account that does not exist (only ``default`` and those given
+  with ``--service-account``) is refused with the admission plugin's 403;
+* the container runs as its ``runAsUser``/``runAsGroup`` (the container's security
+  context over the pod's; supplemental groups and ``fsGroup`` as extra groups); with
+  neither, as the "image's" user, root. ``runAsNonRoot`` with uid 0, or with no uid, fails
+  the container with the kubelet's ``CreateContainerConfigError``. Switching users needs
+  the stand-in to run as root (CI does); otherwise a pod for another uid gets
+  ``RunContainerError``.
+
+Left out: watches, other kinds, field selectors, volumes (recorded, not mounted),
+container restarts, resourceVersion checks.
+
+Run (from tests/): ``python -m standins.kube_apiserver --port P --token T [--gpus 1 --cpu 4
+--memory 8Gi --service-account kernels]``.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import contextlib
 import copy
 import json
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -177,6 +194,8 @@ class Cluster:
         }
         self.node_labels = {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux"}
         self.unpullable = set(args.unpullable_image or [])
+        self.service_accounts = {"default", *(args.service_account or [])}
+        self.port = args.port
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
@@ -211,7 +230,10 @@ class Cluster:
     def in_use(self) -> dict[str, float]:
         used: dict[str, float] = {}
         for pod in self.pods.values():
-            if pod["spec"].get("nodeName") and pod["status"]["phase"] in ("Pending", "Running"):
+            if pod["spec"].get("nodeName") and pod["status"]["phase"] in (
+                "Pending",
+                "Running",
+            ):
                 for name, amount in self.requests(pod).items():
                     used[name] = used.get(name, 0.0) + amount
         return used
@@ -242,7 +264,12 @@ class Cluster:
     def set_condition(self, pod: dict[str, Any], kind: str, value: str, **extra: Any) -> None:
         conds = [c for c in pod["status"].setdefault("conditions", []) if c["type"] != kind]
         conds.append(
-            {"type": kind, "status": value, "lastProbeTime": None, "lastTransitionTime": now()}
+            {
+                "type": kind,
+                "status": value,
+                "lastProbeTime": None,
+                "lastTransitionTime": now(),
+            }
             | extra
         )
         pod["status"]["conditions"] = conds
@@ -291,6 +318,48 @@ class Cluster:
                 }.get(path, "")
         return env
 
+    @staticmethod
+    def container_user(
+        pod: dict[str, Any], container: dict[str, Any]
+    ) -> tuple[int, int, list[int]] | str:
+        """``(uid, gid, extra groups)`` the container runs as, or the kubelet's message
+        when ``runAsNonRoot`` forbids it."""
+        pod_sc = pod["spec"].get("securityContext") or {}
+        sc = {**pod_sc, **(container.get("securityContext") or {})}
+        uid = sc.get("runAsUser")
+        where = f'pod: "{pod["metadata"]["name"]}_{pod["metadata"]["namespace"]}'
+        where += f'({pod["metadata"]["uid"]})", container: {container["name"]}'
+        if sc.get("runAsNonRoot"):
+            if uid is None:  # the "image" runs as root
+                return f"container has runAsNonRoot and image will run as root ({where})"
+            if int(uid) == 0:
+                return f"container's runAsUser breaks non-root policy ({where})"
+        uid = int(uid or 0)
+        gid = sc.get("runAsGroup")
+        if gid is None:  # the image's passwd entry for the uid, else group 0
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = 0
+        groups = [int(g) for g in pod_sc.get("supplementalGroups") or []]
+        if pod_sc.get("fsGroup") is not None:
+            groups.append(int(pod_sc["fsGroup"]))
+        return uid, int(gid), groups
+
+    def image_env(self, pod: dict[str, Any], uid: int) -> dict[str, str]:
+        """What a container has in its environment besides the pod's ``env``."""
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            home = "/"
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOSTNAME": pod["metadata"]["name"],
+            "HOME": home,
+            "KUBERNETES_SERVICE_HOST": POD_IP,
+            "KUBERNETES_SERVICE_PORT": str(self.port),
+        }
+
     def start_container(self, key: tuple[str, str], pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
         image = container["image"]
@@ -322,7 +391,27 @@ class Cluster:
             env = self.resolve_env(pod, container)
         except LookupError as exc:
             self.container_status(
-                pod, {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
+                pod,
+                {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": str(exc),
+                    }
+                },
+            )
+            return
+        user = self.container_user(pod, container)
+        if isinstance(user, str):
+            self.container_status(
+                pod,
+                {"waiting": {"reason": "CreateContainerConfigError", "message": user}},
+            )
+            return
+        uid, gid, groups = user
+        if uid != os.geteuid() and os.geteuid() != 0:
+            message = f"the stand-in cannot run a container as uid {uid}: it is not root"
+            self.container_status(
+                pod, {"waiting": {"reason": "RunContainerError", "message": message}}
             )
             return
         argv = list(container.get("command") or []) + list(container.get("args") or [])
@@ -331,14 +420,18 @@ class Cluster:
             cwd = None
         log = open(os.path.join(self.logdir, f"{key[0]}_{key[1]}.log"), "wb")
         try:
+            switch: dict[str, Any] = {}
+            if os.geteuid() == 0:
+                switch = {"user": uid, "group": gid, "extra_groups": groups}
             proc = subprocess.Popen(
                 argv,
-                env={**os.environ, "HOSTNAME": pod["metadata"]["name"], **env},
+                env={**self.image_env(pod, uid), **env},
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **switch,
             )
         except OSError as exc:
             self.container_status(
@@ -358,18 +451,30 @@ class Cluster:
         """One round of the scheduler and the kubelet."""
         for key, pod in list(self.pods.items()):
             st = pod["status"]
-            if pod["metadata"].get("deletionTimestamp") or st["phase"] in ("Succeeded", "Failed"):
+            if pod["metadata"].get("deletionTimestamp") or st["phase"] in (
+                "Succeeded",
+                "Failed",
+            ):
                 continue
             if not pod["spec"].get("nodeName"):
                 reason = self.unschedulable_reason(pod)
                 if reason:
                     self.set_condition(
-                        pod, "PodScheduled", "False", reason="Unschedulable", message=reason
+                        pod,
+                        "PodScheduled",
+                        "False",
+                        reason="Unschedulable",
+                        message=reason,
                     )
                     self.stamp(pod)
                     continue
                 pod["spec"]["nodeName"] = NODE
-                st.update(hostIP=POD_IP, podIP=POD_IP, podIPs=[{"ip": POD_IP}], startTime=now())
+                st.update(
+                    hostIP=POD_IP,
+                    podIP=POD_IP,
+                    podIPs=[{"ip": POD_IP}],
+                    startTime=now(),
+                )
                 self.set_condition(pod, "PodScheduled", "True")
                 self.stamp(pod)
             if key not in self.procs:
@@ -568,17 +673,36 @@ def make_app(cluster: Cluster, token: str) -> Starlette:
         if errors:
             message = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
             return status(
-                422, "Invalid", f'Pod "{name}" is invalid: {message}', name=name, kind="Pod"
+                422,
+                "Invalid",
+                f'Pod "{name}" is invalid: {message}',
+                name=name,
+                kind="Pod",
             )
         if (ns, name) in cluster.pods:
             return status(
-                409, "AlreadyExists", f'pods "{name}" already exists', name=name, kind="pods"
+                409,
+                "AlreadyExists",
+                f'pods "{name}" already exists',
+                name=name,
+                kind="pods",
             )
         pod.update(kind="Pod", apiVersion="v1")
         spec = pod["spec"]
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        if account not in cluster.service_accounts:
+            # the ServiceAccount admission plugin, before the pod is stored
+            return status(
+                403,
+                "Forbidden",
+                f'pods "{name}" is forbidden: error looking up service account '
+                f'{ns}/{account}: serviceaccount "{account}" not found',
+                name=name,
+                kind="pods",
+            )
         spec.setdefault("restartPolicy", "Always")
         spec.setdefault("terminationGracePeriodSeconds", 30)
-        spec.setdefault("serviceAccountName", "default")
+        spec["serviceAccountName"] = account
         pod["status"] = {"phase": "Pending", "qosClass": "Burstable"}
         cluster.stamp(pod)
         cluster.pods[(ns, name)] = pod
@@ -644,7 +768,11 @@ def make_app(cluster: Cluster, token: str) -> Starlette:
             )
         if (ns, name) in cluster.secrets:
             return status(
-                409, "AlreadyExists", f'secrets "{name}" already exists', name=name, kind="secrets"
+                409,
+                "AlreadyExists",
+                f'secrets "{name}" already exists',
+                name=name,
+                kind="secrets",
             )
         secret.update(kind="Secret", apiVersion="v1")
         secret.setdefault("type", "Opaque")
@@ -668,7 +796,10 @@ def make_app(cluster: Cluster, token: str) -> Starlette:
         if secret is None:
             return not_found("secrets", key[1])
         kind = request.headers.get("content-type", "").split(";")[0]
-        if kind not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+        if kind not in (
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ):
             return status(
                 415,
                 "UnsupportedMediaType",
@@ -702,7 +833,12 @@ def make_app(cluster: Cluster, token: str) -> Starlette:
         Route(pods + "/{name}/log", guard(pod_log), methods=["GET"]),
         Route(secrets, guard(create_secret), methods=["POST"]),
         Route(secrets, guard(lister("SecretList", cluster.secrets)), methods=["GET"]),
-        Route(secrets + "/{name}", guard(reader("secrets", cluster.secrets)), methods=["GET"]),
+        Route("/api/v1/secrets", guard(lister("SecretList", cluster.secrets)), methods=["GET"]),
+        Route(
+            secrets + "/{name}",
+            guard(reader("secrets", cluster.secrets)),
+            methods=["GET"],
+        ),
         Route(secrets + "/{name}", guard(patch_secret), methods=["PATCH"]),
         Route(secrets + "/{name}", guard(delete_secret), methods=["DELETE"]),
     ]
@@ -720,9 +856,19 @@ def main() -> None:
     parser.add_argument("--memory", default="8Gi")
     parser.add_argument("--gpus", default="0")
     parser.add_argument("--unpullable-image", action="append")
+    parser.add_argument(
+        "--service-account",
+        action="append",
+        help="a service account of every namespace",
+    )
     args = parser.parse_args()
     cluster = Cluster(args)
-    uvicorn.run(make_app(cluster, args.token), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        make_app(cluster, args.token),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":
