@@ -29,6 +29,7 @@ from typing import Any
 
 from raygate.launchers.kernelside.account import Account
 from raygate.launchers.kernelside.keeper import KEEP_BYTES
+from raygate.launchers.kernelside.limits import KernelLimits
 from raygate.launchers.kernelside.process import describe_exit
 from raygate.launchers.kernelside.supervisor import KernelCommand, KernelSupervisor
 
@@ -85,6 +86,8 @@ class KernelActor:
             # the actor: PR_SET_PDEATHSIG fires when the forking *thread* exits.
             spawner=ThreadPoolExecutor(1, thread_name_prefix="kernel-spawner"),
             on_exit=self._exited,
+            # Enforced on this node: Ray itself only schedules by the request.
+            limits=KernelLimits.from_resources(meta.get("resources")),
         )
         # A SpawnError here fails the actor's creation; the launcher shows its message.
         self.connection = self.supervisor.start()

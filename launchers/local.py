@@ -8,6 +8,7 @@ import tempfile
 
 from .base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
 from .kernelside.account import Account, AccountError
+from .kernelside.limits import KernelLimits
 from .kernelside.supervisor import KernelCommand, KernelSupervisor, SpawnError
 
 
@@ -89,6 +90,7 @@ class LocalLauncher(Launcher):
                 encryption=request.encryption,
                 account=self.account_for(request),
                 runtime_root=self.runtime_dir,
+                limits=KernelLimits.from_resources(request.resources),
             )
             supervisor.start()
         except AccountError as exc:

@@ -432,6 +432,20 @@ main.add_command(bench)
     help="The most GPUs one kernel may ask for (0: no cap).",
 )
 @_option(
+    "--kernel-memory-limit-default",
+    default="0",
+    help="Memory limit of kernels whose KERNEL_MEMORY_LIMIT and kernelspec set none, e.g. "
+    "8Gi (0: none). A kernel over its limit is stopped and restarted, with a message that "
+    "names it; enforced by a cgroup per kernel where one can be made, else by polling.",
+)
+@_option(
+    "--kernel-cpus-limit-default",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="CPU limit of kernels whose KERNEL_CPUS_LIMIT and kernelspec set none (0: none); "
+    "a CFS quota of the kernel's cgroup.",
+)
+@_option(
     "--users-file",
     default="",
     show_default=False,
@@ -512,7 +526,7 @@ def serve(**options: Any) -> None:
     options["allowed_envs"] = [v for v in options["allowed_envs"].split(",") if v.strip()]
     options["kernelspec_dirs"] = [d for d in options["kernelspec_dirs"].split(":") if d.strip()]
     options["ssh_hosts"] = [h.strip() for h in options["ssh_hosts"].split(",") if h.strip()]
-    for key in ("max_kernel_memory", "max_memory_per_user"):
+    for key in ("max_kernel_memory", "max_memory_per_user", "kernel_memory_limit_default"):
         options[key] = _memory_option(options[key], "--" + key.replace("_", "-"))
     for key in ("allow_users", "deny_users", "admin_users"):
         options[key] = name_list(options[key])  # a TOML list, or comma-separated

@@ -112,6 +112,11 @@ class GatewayConfig:
     """The most CPUs one kernel may ask for (0: no cap); likewise memory (bytes) and GPUs."""
     max_kernel_memory: int = 0
     max_kernel_gpus: float = 0.0
+    kernel_memory_limit_default: int = 0
+    """Memory limit (bytes) of kernels whose request and kernelspec set none (0: none);
+    enforced by each kernel's supervisor (launchers/kernelside/limits.py), as are theirs."""
+    kernel_cpus_limit_default: float = 0.0
+    """CPU limit of kernels whose request and kernelspec set none (0: none)."""
     # Users: identity, who may start kernels, and per-user caps (raygate/users.py).
     users_file: str = ""
     """TOML or JSON file mapping token -> username: each user authenticates with their own."""

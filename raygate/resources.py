@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "parse_memory",
     "request_for",
     "resource_request",
+    "with_default_limits",
 ]
 
 STRATEGIES = ("default", "pack", "spread", "node")
@@ -324,3 +325,18 @@ def _check_caps(request: ResourceRequest, caps: ResourceCaps) -> None:
                     f"{var}: a kernel may ask for at most {shown(cap)} {name} on this gateway, "
                     f"not {shown(amount)}"
                 )
+
+
+def with_default_limits(
+    request: ResourceRequest, memory_limit: int | None = None, cpus_limit: float | None = None
+) -> ResourceRequest:
+    """The request with the operator's default limits (``--kernel-memory-limit-default``,
+    ``--kernel-cpus-limit-default``) where neither the start request nor the kernelspec
+    set one; never below what the request reserves. Called by the registry and the warm
+    pool after :func:`resource_request`; the kernel's supervisor enforces the result."""
+    changes: dict[str, Any] = {}
+    if memory_limit and request.memory_limit is None:
+        changes["memory_limit"] = max(memory_limit, request.memory or 0)
+    if cpus_limit and request.cpus_limit is None:
+        changes["cpus_limit"] = max(cpus_limit, request.cpus or 0.0)
+    return replace(request, **changes) if changes else request

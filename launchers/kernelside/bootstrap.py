@@ -71,6 +71,7 @@ from ..wire import (
 )
 from .account import Account, AccountError
 from .keeper import KEEP_BYTES
+from .limits import KernelLimits
 from .process import tail
 from .supervisor import KernelCommand, KernelSupervisor, SpawnError
 
@@ -172,6 +173,7 @@ class Bootstrap:
                 keep_output_bytes=int(config.get("keep_output_bytes", KEEP_BYTES)),
                 account=account,
                 runtime_root=runtime_dir,
+                limits=KernelLimits.from_dict(config.get("limits")),
             )
         except (AccountError, KeyError, TypeError, ValueError) as exc:
             raise BootstrapError(f"bad kernel settings: {exc}") from None

@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .account import Account, needs_switch
+from .cgroups import join
 
 ENCRYPTIONS = ("none", "curve")
 
@@ -28,15 +30,23 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _prepare_child() -> None:
+def _prepare_child(cgroup_procs: Sequence[str] = (), account: Account | None = None) -> None:
     """Runs in the child between fork and exec.
 
     Ray workers (and some servers) block SIGINT; a child inherits the mask, so an
-    interrupt would silently do nothing. PR_SET_PDEATHSIG makes the kernel die with the
+    interrupt would silently do nothing. The child joins its cgroups (:mod:`.cgroups`)
+    while it is still root, then takes the account's groups, gid and uid (in that order).
+    PR_SET_PDEATHSIG, set last (a change of uid clears it), makes the kernel die with the
     thread that spawned it, even when that parent is SIGKILLed.
     """
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if cgroup_procs:
+        join(list(cgroup_procs))
+    if account is not None:
+        os.setgroups(list(account.groups or (account.gid,)))
+        os.setresgid(account.gid, account.gid, account.gid)
+        os.setresuid(account.uid, account.uid, account.uid)
     if sys.platform.startswith("linux"):
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -114,26 +124,22 @@ def spawn_kernel(
     log_path: str,
     cwd: str | None = None,
     account: Account | None = None,
+    cgroup_procs: Sequence[str] = (),
 ) -> subprocess.Popen:
     """Start ``argv`` in its own session, stdout and stderr to ``log_path``.
 
     Its own session keeps a Ctrl-C at the gateway's terminal from interrupting every
     kernel, and lets an interrupt reach the kernel's own children through the group.
 
-    With an ``account`` other than ours, the child takes its supplementary groups, gid and
-    uid before exec (subprocess does it in that order, before ``_prepare_child``: the death
-    signal must be set after the uid changes, which clears it). Raises
-    :class:`~.account.AccountError` when this process cannot become the account.
+    ``cgroup_procs``: the ``cgroup.procs`` files of the kernel's cgroups, which the child
+    joins before exec, so no line of the kernel runs outside its limits. With an
+    ``account`` other than ours, the child then takes its supplementary groups, gid and
+    uid before exec (:func:`_prepare_child`). Raises :class:`~.account.AccountError` when
+    this process cannot become the account, :class:`subprocess.SubprocessError` when the
+    child could not join its cgroup or switch.
     """
     switch = needs_switch(account)
-    credentials: dict[str, Any] = {}
-    if switch:
-        assert account is not None
-        credentials = {
-            "user": account.uid,
-            "group": account.gid,
-            "extra_groups": list(account.groups or (account.gid,)),
-        }
+    prepare = partial(_prepare_child, tuple(cgroup_procs), account if switch else None)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(argv),
@@ -143,9 +149,8 @@ def spawn_kernel(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_prepare_child,
+            preexec_fn=prepare,
             close_fds=True,
-            **credentials,
         )
 
 

@@ -15,7 +15,10 @@ container), a :class:`KernelSupervisor` does it:
   (:class:`.account.Account`: the kernel's files become that account's own);
 * signals, stops and restarts it (same ports, same key), describes its exit with the tail
   of its output, and optionally keeps its recent iopub output (:mod:`.keeper`) and tells
-  a callback when it exits on its own.
+  a callback when it exits on its own;
+* enforces its memory and CPU limits (:mod:`.limits`: a cgroup of its own, joined before
+  exec and kept across restarts, else a watchdog), and says so when it stopped the kernel
+  for its memory.
 
 It is synchronous where it does not wait and asynchronous where it does (:meth:`stop`,
 :meth:`restart`), so the gateway's and the bootstrap's event loops never block on a
@@ -38,6 +41,7 @@ from typing import Any
 from .account import Account, AccountError, give, needs_switch
 from .env import kernel_env
 from .keeper import OutputKeeper
+from .limits import Enforcer, KernelLimits
 from .process import (
     describe_exit,
     format_argv,
@@ -98,7 +102,8 @@ class KernelSupervisor:
     thread forks every kernel process (the death signal fires when the forking *thread*
     ends; Ray runs actor methods on threads that come and go). ``on_exit``: called with
     :meth:`exit_reason` from a watcher thread when the kernel exits without having been
-    asked to.
+    asked to. ``limits``: the kernel's memory and CPU limits (:class:`.limits.KernelLimits`),
+    enforced as this host allows (``RAYGATE_KERNEL_LIMITS``).
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class KernelSupervisor:
         runtime_root: str | None = None,
         spawner: Executor | None = None,
         on_exit: Callable[[str], None] | None = None,
+        limits: KernelLimits | None = None,
     ) -> None:
         self.command = command
         self.ip = ip
@@ -138,6 +144,8 @@ class KernelSupervisor:
         self._expected_exit = False
         self._exit_reason = ""
         self._lock = threading.RLock()
+        # The mechanism is this host's choice (its environment), not the kernel's.
+        self.enforcer = Enforcer(command.kernel_id, limits or KernelLimits(), os.environ)
         needs_switch(account)  # fail before anything is made when we cannot become it
 
     @property
@@ -208,7 +216,8 @@ class KernelSupervisor:
         argv = self.argv()
         if not argv:
             raise SpawnError("the kernelspec's argv is empty")
-        args = (argv, self.env(), self.log_path, self.cwd(), self.account)
+        cgroup_procs = self.enforcer.prepare()
+        args = (argv, self.env(), self.log_path, self.cwd(), self.account, cgroup_procs)
         try:
             if self.spawner is not None:
                 proc = self.spawner.submit(spawn_kernel, *args).result()
@@ -218,6 +227,9 @@ class KernelSupervisor:
             raise SpawnError(str(exc)) from None
         except OSError as exc:
             raise SpawnError(f"could not run kernel command {argv[0]!r}: {exc}", exc.errno) from exc
+        except subprocess.SubprocessError as exc:  # the child failed to join or switch
+            raise SpawnError(f"could not start kernel command {argv[0]!r}: {exc}") from None
+        self.enforcer.started(proc.pid)
         with self._lock:
             self.proc = proc
             self._expected_exit = False
@@ -268,6 +280,8 @@ class KernelSupervisor:
     def _describe(self, code: int | None) -> str:
         output = self.output_tail()
         status = describe_exit(code) if code is not None else ""
+        if code is not None:
+            status = self.enforcer.over_limit() or status
         return f"{status}: {output}" if status and output else status or output
 
     def exit_reason(self) -> str:
@@ -295,6 +309,7 @@ class KernelSupervisor:
             self._expected_exit = True
         if proc is not None:
             await terminate(proc)
+        self.enforcer.stopped()
 
     async def restart(self) -> dict[str, Any]:
         """A fresh kernel process on the same ports with the same key; returns
@@ -310,6 +325,7 @@ class KernelSupervisor:
         if self.keeper is not None:
             self.keeper.close()
             self.keeper = None
+        self.enforcer.close()
         if self.runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 

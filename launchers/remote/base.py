@@ -18,6 +18,7 @@ from typing import Any
 
 from ..base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
 from ..kernelside.keeper import message_id
+from ..kernelside.limits import KernelLimits
 from ..wire import ChannelError, control_request, decode_secret, encode_secret
 from .listener import ReportListener
 from .state import StateStore
@@ -273,6 +274,8 @@ class RemoteLauncher(Launcher):
             "report": {"host": report_host, "port": self.listener.bound_port},
             "placement": placement or {},
             "encryption": request.encryption,
+            # Enforced by the kernel's supervisor there (kernelside.limits).
+            "limits": KernelLimits.from_resources(request.resources).to_dict(),
             **extra,
         }
 

@@ -86,6 +86,9 @@ class KernelChannels:
         """msg_ids of readiness probes: only iopub traffic *they* caused proves that our
         subscription reaches the kernel that answers (not output of a kernel just replaced)."""
         self._notices: set[asyncio.Future] = set()
+        self._last_execute: dict[str, Any] | None = None
+        """Header of the last execute_request a client sent: raygate's notices about the
+        kernel's death answer it, so they show in the cell that was running."""
         self._send_locks = {name: asyncio.Lock() for name in _ROUTED_CHANNELS}
 
     # -- sockets -------------------------------------------------------------
@@ -258,6 +261,19 @@ class KernelChannels:
         if self.replay.parked:
             self.replay.keep_broadcast(message)
 
+    def notify_stderr(self, text: str) -> None:
+        """Tell every client ``text`` as the kernel's stderr on iopub, in answer to the last
+        execute_request (so a notebook shows it under the cell that ran). Queued without
+        waiting for room: a stuck client must not hold up the caller (the monitor)."""
+        content = {"name": "stderr", "text": text}
+        message = new_message("iopub", "stream", content, self.session, self._last_execute)
+        cache: dict[bool, str | bytes] = {}
+        for client in list(self.clients.values()):
+            if not client.closed:
+                client.push_now(client.frame(message, cache), message)
+        if self.replay.parked:
+            self.replay.keep_broadcast(message)
+
     # -- clients -> kernel ----------------------------------------------------
 
     def attach(self, client: Connection) -> None:
@@ -390,6 +406,8 @@ class KernelChannels:
             session = message.header.get("session")
             if isinstance(session, str) and session:
                 client.client_sessions.add(session)
+            if message.msg_type == "execute_request":
+                self._last_execute = message.header
             if message.channel != "stdin":
                 self._requester[message.msg_id] = client.id
                 while len(self._requester) > _MAX_PENDING:

@@ -23,7 +23,13 @@ from raygate.errors import APIError
 from raygate.kernelspecs import KernelSpecs, NoSuchKernel
 from raygate.launchers import KernelSpecInfo, Launcher, LaunchRequest
 from raygate.launchers.base import InvalidKernelSpecMetadata
-from raygate.resources import InvalidResourceRequest, ResourceCaps, ResourceRequest, request_for
+from raygate.resources import (
+    InvalidResourceRequest,
+    ResourceCaps,
+    ResourceRequest,
+    request_for,
+    with_default_limits,
+)
 from raygate.users import Usage, check_allowed, claim_username
 
 from .caps import Claim, Reservations
@@ -102,11 +108,16 @@ class Admission:
 
     def resources(self, spec: KernelSpecInfo, env: dict[str, str]) -> ResourceRequest:
         """The kernel's resource request: the kernelspec's, as ``env`` adjusts it, within
-        the per-kernel caps; 400 when malformed or over a cap."""
+        the per-kernel caps, with the operator's default limits where it sets none (the
+        kernel's supervisor enforces them); 400 when malformed or over a cap."""
         try:
-            return request_for(spec.raygate.resources, env, self.caps())
+            request = request_for(spec.raygate.resources, env, self.caps())
         except InvalidResourceRequest as exc:
             raise APIError(400, f"Kernel {spec.name}: bad resource request: {exc}") from None
+        config = self.config
+        return with_default_limits(
+            request, config.kernel_memory_limit_default, config.kernel_cpus_limit_default
+        )
 
     # -- start requests --------------------------------------------------------------------
 

@@ -477,6 +477,9 @@ class KernelRegistry:
     async def _on_died(self, kernel: Kernel) -> None:
         reason = await kernel.handle.failure_reason() or "the kernel process exited"
         log.warning("kernel %s died: %s", kernel.id, reason)
+        # What a notebook shows under the cell that ran (e.g. a kernel stopped for its
+        # memory limit: the reason names the limit); the status notices below carry it too.
+        kernel.channels.notify_stderr(f"raygate: the kernel died: {reason}\n")
         if kernel.restarts < self.config.restart_limit and kernel.id in self.kernels:
             kernel.restarts += 1
             try:
