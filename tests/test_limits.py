@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from conftest import ServerProcess
 from kgclient import KernelWS
-
 from raygate.launchers.kernelside import cgroups
 from raygate.launchers.kernelside.cgroups import (
     Hierarchy,
@@ -224,7 +224,9 @@ def test_a_cgroup_that_cannot_be_made_leaves_nothing(tmp_path: Path) -> None:
     cpu = Hierarchy(1, str(tmp_path / "no-such-cpu-hierarchy"))
     kernel_id = str(uuid.uuid4())
     with pytest.raises(cgroups.CgroupError, match="cannot make the kernel's cgroup"):
-        KernelCgroup.create_in(kernel_id, KernelLimits(100 * MiB, 1), {"memory": memory, "cpu": cpu})
+        KernelCgroup.create_in(
+            kernel_id, KernelLimits(100 * MiB, 1), {"memory": memory, "cpu": cpu}
+        )
     assert not os.path.exists(os.path.join(memory.directory, f"raygate-kernel-{kernel_id}"))
 
 

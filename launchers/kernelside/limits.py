@@ -300,9 +300,9 @@ class Enforcer:
             killed = self._killed_at
         if killed is not None:
             return over_limit_message(self.limits, killed)
-        if self.cgroup is not None and self.limits.memory:
-            if self.cgroup.oom_kills() > self._oom_baseline:
-                return over_limit_message(self.limits)
+        cgroup = self.cgroup
+        if cgroup is not None and self.limits.memory and cgroup.oom_kills() > self._oom_baseline:
+            return over_limit_message(self.limits)
         return ""
 
     def stopped(self) -> None:

@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from functools import partial
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from .account import Account, needs_switch
