@@ -218,6 +218,28 @@ def cgroup_of(pid: int, controller: str) -> str:
     return ""
 
 
+def test_a_v2_cgroup_that_holds_processes_puts_kernels_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "service.slice"
+    ours = fake_tree(parent / "ray.service", 2)
+    (parent / "cgroup.subtree_control").write_text("cpu memory pids")
+    (parent / "ray.service" / "cgroup.controllers").write_text("cpu memory pids")
+    real_write = cgroups._write
+
+    def busy(path: str, value: str) -> None:
+        if path.endswith("ray.service/cgroup.subtree_control"):
+            raise OSError(16, "Device or resource busy")  # what the kernel says
+        real_write(path, value)
+
+    monkeypatch.setattr(cgroups, "_write", busy)
+    made = KernelCgroup.create_in("k6", KernelLimits(memory=MiB), {"memory": ours})
+    assert made.directories["memory"] == str(parent / "raygate-kernel-k6")
+    (parent / "cgroup.subtree_control").write_text("pids")  # the parent offers no memory
+    with pytest.raises(cgroups.CgroupError, match="cannot enable memory below"):
+        KernelCgroup.create_in("k7", KernelLimits(memory=MiB), {"memory": ours})
+
+
 @needs_cgroups
 def test_a_cgroup_that_cannot_be_made_leaves_nothing(tmp_path: Path) -> None:
     memory = cgroups.host_hierarchies(["memory"])["memory"]
@@ -471,3 +493,57 @@ def test_the_operators_defaults_and_a_requests_cpu_limit_are_what_the_kernel_get
 
     assert asyncio.run(limits_of({})) == f"{300 * MiB} 150000"
     assert asyncio.run(limits_of({"KERNEL_CPUS_LIMIT": "0.5"})) == f"{300 * MiB} 50000"
+
+
+@needs_cgroups
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs a system Python")
+def test_a_kernel_run_as_another_account_joins_its_cgroup_before_it_drops_root(
+    tmp_path: Path,
+) -> None:
+    from raygate.launchers.kernelside.account import Account
+
+    nobody = Account.lookup("nobody")
+    os.chmod(tmp_path, 0o755)
+    code = "import os, time; print(os.getuid(), flush=True); time.sleep(600)\n"
+    cmd = KernelCommand(kernel_id=str(uuid.uuid4()), argv=["/usr/bin/python3", "-c", code])
+    supervisor = KernelSupervisor(
+        cmd,
+        ip="127.0.0.1",
+        runtime_root=str(tmp_path),
+        account=nobody,
+        limits=KernelLimits(memory=300 * MiB),
+    )
+    supervisor.start()
+    try:
+        wait_until(lambda: Path(supervisor.log_path).read_text().endswith("\n"))
+        assert Path(supervisor.log_path).read_text().strip() == str(nobody.uid)
+        cgroup = supervisor.enforcer.cgroup
+        assert cgroup is not None and supervisor.pid in cgroup.pids()
+    finally:
+        asyncio.run(supervisor.shutdown())
+    assert not any(os.path.exists(d) for d in cgroup.directories.values())
+
+
+@needs_cgroups
+def test_a_ray_kernel_over_its_limit_is_stopped_on_its_node_and_the_user_is_told(
+    ray_cluster, tmp_path: Path
+) -> None:
+    from kernelspecs import make_test_kernelspecs
+
+    specs = make_test_kernelspecs(str(tmp_path / "specs"))
+    namespace = f"rg-limits-{uuid.uuid4().hex[:8]}"
+    server = ServerProcess(
+        ["--ray-address", ray_cluster.address, "--ray-namespace", namespace]
+        + ["--kernelspec-dirs", specs],
+        env=ray_cluster.env(),
+    )
+    try:
+        server.wait_ready(120)
+        hog = asyncio.run(check_stop_and_neighbour(server))
+        assert cgroup_dirs(hog), "the Ray kernel ran without a cgroup"
+        server.client.shutdown_kernel(hog)
+        wait_until(lambda: not cgroup_dirs(hog))
+    finally:
+        for kernel in server.client.get("/api/kernels").json():
+            server.client.shutdown_kernel(kernel["id"])
+        server.stop()

@@ -6,7 +6,8 @@ and a v2 mount that may hold none of the controllers we need. So each controller
 (``memory``, ``cpu``) is looked up separately, from ``/proc/self/mountinfo`` and
 ``/proc/self/cgroup``, and the kernel's cgroup is made below the supervisor's own cgroup in
 that controller's hierarchy (a child of ours: the kernel never escapes the limits that hold
-the supervisor).
+the supervisor). On v2 a cgroup that holds processes cannot hand controllers to children,
+so where ours cannot, the kernel's cgroup is made beside ours, below our parent.
 
 =============  ===================================  ==========================================
 limit          v2 file                              v1 file
@@ -252,11 +253,12 @@ class KernelCgroup:
         """:meth:`create` with the hierarchies given (tests point them at a fake tree)."""
         cgroup = cls()
         directories = cgroup.directories
+        v2 = [c for c, h in hierarchies.items() if h.version == 2]
         try:
+            v2_base = _v2_base(hierarchies[v2[0]].directory, v2) if v2 else ""
             for controller, hierarchy in hierarchies.items():
-                directory = os.path.join(hierarchy.directory, cgroup_name(kernel_id))
-                if hierarchy.version == 2:
-                    _enable(hierarchy.directory, controller)
+                base = v2_base if hierarchy.version == 2 else hierarchy.directory
+                directory = os.path.join(base, cgroup_name(kernel_id))
                 if directory not in cgroup.made:
                     try:
                         os.mkdir(directory, 0o755)
@@ -333,19 +335,30 @@ class KernelCgroup:
         self.made = []
 
 
-def _enable(parent: str, controller: str) -> None:
-    """v2: a child gets a controller only where its parent's ``subtree_control`` has it.
-    A parent that holds processes cannot enable one (the kernel says EBUSY): no cgroup."""
-    control = os.path.join(parent, "cgroup.subtree_control")
-    if controller in _read(control).split():
-        return
+def _v2_base(ours: str, controllers: list[str]) -> str:
+    """Where a kernel's v2 cgroup is made: below our cgroup when it has (or can be given)
+    the controllers in its ``cgroup.subtree_control``; else beside it, below our parent,
+    which gives them to us (a cgroup that holds processes cannot hand controllers down:
+    the kernel says EBUSY). :class:`CgroupError` when neither works."""
+    control = os.path.join(ours, "cgroup.subtree_control")
+    missing = [c for c in controllers if c not in _read(control).split()]
     try:
-        _write(control, f"+{controller}")
+        for controller in missing:
+            _write(control, f"+{controller}")
+        return ours
     except OSError as exc:
-        raise CgroupError(
-            f"cannot enable the {controller} controller below {parent} ({exc.strerror}); "
-            "run the supervisor in a cgroup with delegated controllers"
-        ) from None
+        refused = exc.strerror
+    parent = os.path.dirname(ours.rstrip("/"))
+    offered = _read(os.path.join(ours, "cgroup.controllers")).split()
+    parent_control = _read(os.path.join(parent, "cgroup.subtree_control")).split()
+    if all(c in offered and c in parent_control for c in controllers) and os.access(
+        parent, os.W_OK
+    ):
+        return parent
+    raise CgroupError(
+        f"cannot enable {' and '.join(controllers)} below {ours} ({refused}) nor use its "
+        "parent; run the supervisor in a cgroup with delegated controllers"
+    )
 
 
 def _apply(directory: str, values: list[tuple[str, str, bool]]) -> None:
