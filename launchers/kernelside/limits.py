@@ -173,9 +173,31 @@ def process_memory(pid: int, proc_root: str = "/proc") -> int:
         return 0
 
 
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+"""Whether this kernel lists each task's children (CONFIG_PROC_CHILDREN)."""
+
+
+def tree_pids(pid: int, proc_root: str = "/proc") -> list[int]:
+    """``pid`` and its descendants: from each task's ``children`` file where the kernel
+    has them (a few reads per poll), else from every process's parent (a scan of /proc)."""
+    if not _CHILDREN_FILES or proc_root != "/proc":
+        return descendants(pid, _parents(proc_root))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return out
+
+
 def tree_memory(pid: int, proc_root: str = "/proc") -> tuple[int, list[int]]:
     """The memory of ``pid``'s process tree, and its pids."""
-    pids = descendants(pid, _parents(proc_root))
+    pids = tree_pids(pid, proc_root)
     return sum(process_memory(p, proc_root) for p in pids), pids
 
 
