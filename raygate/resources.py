@@ -332,8 +332,9 @@ def with_default_limits(
 ) -> ResourceRequest:
     """The request with the operator's default limits (``--kernel-memory-limit-default``,
     ``--kernel-cpus-limit-default``) where neither the start request nor the kernelspec
-    set one; never below what the request reserves. Called by the registry and the warm
-    pool after :func:`resource_request`; the kernel's supervisor enforces the result."""
+    set one; never below what the request reserves. Called by admission
+    (``Admission.resources``, for starts and the warm pool); the kernel's supervisor
+    enforces the result."""
     changes: dict[str, Any] = {}
     if memory_limit and request.memory_limit is None:
         changes["memory_limit"] = max(memory_limit, request.memory or 0)
