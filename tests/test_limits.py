@@ -522,3 +522,28 @@ def test_a_kernel_run_as_another_account_joins_its_cgroup_before_it_drops_root(
     finally:
         asyncio.run(supervisor.shutdown())
     assert not any(os.path.exists(d) for d in cgroup.directories.values())
+
+
+@needs_cgroups
+def test_a_ray_kernel_over_its_limit_is_stopped_on_its_node_and_the_user_is_told(
+    ray_cluster, tmp_path: Path
+) -> None:
+    from kernelspecs import make_test_kernelspecs
+
+    specs = make_test_kernelspecs(str(tmp_path / "specs"))
+    namespace = f"rg-limits-{uuid.uuid4().hex[:8]}"
+    server = ServerProcess(
+        ["--ray-address", ray_cluster.address, "--ray-namespace", namespace]
+        + ["--kernelspec-dirs", specs],
+        env=ray_cluster.env(),
+    )
+    try:
+        server.wait_ready(120)
+        hog = asyncio.run(check_stop_and_neighbour(server))
+        assert cgroup_dirs(hog), "the Ray kernel ran without a cgroup"
+        server.client.shutdown_kernel(hog)
+        wait_until(lambda: not cgroup_dirs(hog))
+    finally:
+        for kernel in server.client.get("/api/kernels").json():
+            server.client.shutdown_kernel(kernel["id"])
+        server.stop()
