@@ -127,8 +127,11 @@ def _serve() -> None:
     from ray.cluster_utils import Cluster
     from ray.core.generated import gcs_pb2
 
-    out = sys.stdout
-    sys.stdout = sys.stderr  # Ray's own prints must not get into the answers
+    # The answers go on a private copy of the pipe; fd 1 becomes stderr, so that neither
+    # Ray's prints nor the node processes (which inherit fd 1) write into the pipe, where
+    # output nobody reads would fill it and block them.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
 
     common = {"include_dashboard": False, "object_store_memory": 80 * 1024 * 1024}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": HEAD_CPUS, **common})
