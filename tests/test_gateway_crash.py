@@ -2,7 +2,8 @@
 order, once (a kill in the instant between sending a line and recording it repeats that
 one line: at least once, never lost).
 
-Kernels outlive the gateway on a Ray cluster (the session's real two-node one); the
+Kernels outlive the gateway on a Ray cluster (the session's real two-node one), over SSH,
+on Dask and on YARN (the stand-in); the
 kernel actor keeps the kernel's recent output (launchers/kernelside/) and the gateway keeps
 per session the last message it handed over (raygate/bridge/watermarks.py, in
 ``--state-dir``). The gateway that starts next replays to each session what it missed.
@@ -17,9 +18,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from test_dask import dask_cluster  # noqa: F401  (a fixture)
 from test_nothing_lost import COUNTING, drain_closed, line_numbers, read_until_idle
 from test_ray import ray_args
 from test_ssh import gateway_args as ssh_gateway_args
+from test_yarn import yarn_args, yarn_rm  # noqa: F401  (fixtures)
 
 from conftest import ServerProcess, wait_gone
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
@@ -37,6 +40,8 @@ class Gateways:
         self.env = env
         self.kernelspec = kernelspec
         self.servers: list[ServerProcess] = []
+        self.kill_after = 0.0
+        """Seconds after a line arrives that the test kills the gateway."""
 
     def start(self) -> ServerProcess:
         server = ServerProcess(self.args, env=self.env)
@@ -77,10 +82,47 @@ def ssh_gateways(sshd, tmp_path) -> Iterator[Gateways]:
     gateways.stop()
 
 
-@pytest.fixture(params=[pytest.param("ray", marks=pytest.mark.xdist_group("ray-cluster")), "ssh"])
+@pytest.fixture
+def dask_gateways(dask_cluster: str, tmp_path) -> Iterator[Gateways]:  # noqa: F811
+    """Kernels as long-running tasks on a real Dask worker; the bootstrap keeps the output."""
+    specs = str(tmp_path / "specs")
+    meta = {"raygate": {"launcher": "dask"}}
+    write_kernelspec(specs, "dask-python", ipykernel_argv(), metadata=meta)
+    args = ["--kernelspec-dirs", specs, "--dask-scheduler", dask_cluster]
+    args += ["--state-dir", str(tmp_path / "state"), "--report-ip", "127.0.0.1"]
+    gateways = Gateways([*args, "--default-launcher", "local"], {}, "dask-python")
+    yield gateways
+    gateways.stop()
+
+
+@pytest.fixture
+def yarn_gateways(yarn_args: list[str], tmp_path) -> Iterator[Gateways]:  # noqa: F811
+    """Kernels as applications of the YARN stand-in; the bootstrap keeps the output."""
+    args = list(yarn_args)
+    args[args.index("--state-dir") + 1] = str(tmp_path / "state")
+    gateways = Gateways(args, {}, "yarn-python")
+    yield gateways
+    gateways.stop()
+
+
+# The kill lands at varied points: the instant a line arrived (when its watermark may not be
+# recorded yet) or between two lines (they come 0.1 s apart).
+KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "yarn": 0.05}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("ray", marks=pytest.mark.xdist_group("ray-cluster")),
+        "ssh",
+        "dask",
+        "yarn",
+    ]
+)
 def gateways(request) -> Gateways:
     """The Ray param's tests need the session's Ray cluster: on its xdist worker."""
-    return request.getfixturevalue(f"{request.param}_gateways")
+    gateways = request.getfixturevalue(f"{request.param}_gateways")
+    gateways.kill_after = KILL_AFTER[request.param]
+    return gateways
 
 
 def every_line_once_in_order(first: KernelWS, second: KernelWS) -> None:
@@ -120,13 +162,10 @@ async def assert_rest_arrives_once(
     assert wait_gone([kernel["placement"]["pid"]]) == []
 
 
-# The kill lands the instant a line arrived (when its watermark may not be recorded yet)
-# or between two lines (they come 0.1 s apart).
-@pytest.mark.parametrize("kill_after", [0.0, 0.05])
-async def test_sigkill_while_connected_loses_nothing(gateways: Gateways, kill_after: float) -> None:
+async def test_sigkill_while_connected_loses_nothing(gateways: Gateways) -> None:
     first = gateways.start()
     kernel, ws, msg_id = await start_counting(first, gateways.kernelspec, "nb-crash")
-    await asyncio.sleep(kill_after)
+    await asyncio.sleep(gateways.kill_after)
     first.stop(signal.SIGKILL)
     await drain_closed(ws)  # what reached the client before the gateway died
     await assert_rest_arrives_once(gateways, kernel, ws, msg_id, "nb-crash")
