@@ -17,11 +17,14 @@ import functools
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
 from raygate.resources import ResourceRequest
+
+if TYPE_CHECKING:
+    from raygate.config import GatewayConfig
 
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 
@@ -345,10 +348,29 @@ class Launcher(abc.ABC):
     """Starts kernels in one kind of environment."""
 
     kind: ClassVar[str]
+    """The name kernelspecs give in ``metadata.raygate.launcher`` (and ``--default-launcher``);
+    the launcher's entry point in the ``raygate.launchers`` group has the same name."""
+
+    settings: ClassVar[type | None] = None
+    """This launcher's settings: a dataclass whose fields are declared with
+    :func:`raygate.settings.setting`, or ``None``. ``raygate serve`` offers each as an option,
+    a ``RAYGATE_*`` variable and a config file key, and hands the values to
+    :meth:`from_settings`."""
+
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules the launcher imports only when used; where one is missing the gateway does not
+    offer the launcher (an optional dependency not installed)."""
 
     kernels_outlive_gateway: bool = False
     """Whether the gateway leaves this launcher's kernels running when it stops, to be
     found again (:meth:`find_running`) by the next gateway or served by another replica."""
+
+    @classmethod
+    def from_settings(cls, settings: Any, gateway: GatewayConfig) -> Launcher:
+        """The launcher for one gateway: called once per gateway by ``create_app``, before
+        :meth:`start`, with an instance of :attr:`settings` (``None`` where it declares none)
+        and the gateway's own settings (read-only)."""
+        return cls()
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to the environment (called once when the gateway starts)."""

@@ -25,21 +25,28 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, fire_and_forget
 from distributed.utils import get_ip
+
+from raygate.settings import setting
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
 from .kernelside.process import spawn_kernel, tail
 from .remote import (
     RemoteLauncher,
+    RemoteSettings,
     ReportListener,
     describe_resources,
     placement_constraints,
     requested_resources,
 )
 from .wire import new_secret
+
+if TYPE_CHECKING:
+    from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.dask")
 
@@ -104,10 +111,18 @@ def run_kernel(settings: KernelSettings) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass
+class DaskSettings(RemoteSettings):
+    dask_scheduler: str = setting(
+        "", "Address of the Dask scheduler the dask launcher places kernels through."
+    )
+
+
 class DaskLauncher(RemoteLauncher):
     """Kernels as long-running tasks on a Dask cluster."""
 
     kind = "dask"
+    settings = DaskSettings
 
     def __init__(
         self,
@@ -121,15 +136,8 @@ class DaskLauncher(RemoteLauncher):
         self._clients: dict[str, Client] = {}
 
     @classmethod
-    def from_config(cls, config: Any) -> DaskLauncher:
-        return cls(
-            scheduler=getattr(config, "dask_scheduler", ""),
-            listener=ReportListener.shared(
-                getattr(config, "report_ip", "0.0.0.0"), getattr(config, "report_port", 0)
-            ),
-            state_dir=getattr(config, "state_dir", ""),
-            report_address=getattr(config, "report_address", ""),
-        )
+    def from_settings(cls, settings: DaskSettings, gateway: GatewayConfig) -> DaskLauncher:
+        return cls(scheduler=settings.dask_scheduler, **cls.remote_options(settings, gateway))
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -26,20 +26,26 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
+
+from raygate.settings import Choice, Integer, Items, setting
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
 from .remote import (
     RemoteKernel,
     RemoteLauncher,
+    RemoteSettings,
     ReportListener,
     describe_resources,
     placement_constraints,
     requested_resources,
 )
 from .wire import new_secret
+
+if TYPE_CHECKING:
+    from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.ssh")
 
@@ -129,10 +135,42 @@ class _AcceptNewClient(asyncssh.SSHClient):
         return True
 
 
+@dataclass
+class SSHSettings(RemoteSettings):
+    ssh_hosts: list[str] = setting(
+        [], "Comma-separated [user@]host[:port] list the ssh launcher places kernels on.", Items()
+    )
+    ssh_port: int = setting(22, "Default SSH port.", Integer(1, 65535))
+    ssh_user: str = setting(
+        "", "Remote account that runs kernels (default: the gateway's own user)."
+    )
+    ssh_user_from_request: bool = setting(
+        False, "Run each kernel as the account its request names in KERNEL_USERNAME."
+    )
+    ssh_key_file: str = setting("", "Private key for SSH logins (default: ssh's own).")
+    ssh_known_hosts: str = setting(
+        "", "known_hosts file SSH host keys are checked against (default: ~/.ssh/known_hosts)."
+    )
+    ssh_accept_new_host_keys: bool = setting(
+        False,
+        "Trust and record the key of a host known_hosts has no entry for (a changed key "
+        "is always refused).",
+    )
+    ssh_host_selection: str = setting(
+        "round-robin",
+        "How the ssh launcher picks a host when KERNEL_REMOTE_HOST does not pin one.",
+        Choice(SELECTIONS),
+    )
+    ssh_python: str = setting(
+        "", "Python on the SSH hosts that has raygate installed (default: the gateway's)."
+    )
+
+
 class SSHLauncher(RemoteLauncher):
     """Kernels on SSH hosts, each started by a detached bootstrap."""
 
     kind = "ssh"
+    settings = SSHSettings
 
     def __init__(
         self,
@@ -166,22 +204,18 @@ class SSHLauncher(RemoteLauncher):
         self._next: dict[tuple[SSHHost, ...], int] = {}
 
     @classmethod
-    def from_config(cls, config: Any) -> SSHLauncher:
+    def from_settings(cls, settings: SSHSettings, gateway: GatewayConfig) -> SSHLauncher:
         return cls(
-            hosts=getattr(config, "ssh_hosts", ()),
-            port=getattr(config, "ssh_port", 22),
-            user=getattr(config, "ssh_user", ""),
-            user_from_request=getattr(config, "ssh_user_from_request", False),
-            key_file=getattr(config, "ssh_key_file", ""),
-            known_hosts=getattr(config, "ssh_known_hosts", ""),
-            accept_new_host_keys=getattr(config, "ssh_accept_new_host_keys", False),
-            selection=getattr(config, "ssh_host_selection", "round-robin"),
-            python=getattr(config, "ssh_python", ""),
-            listener=ReportListener.shared(
-                getattr(config, "report_ip", "0.0.0.0"), getattr(config, "report_port", 0)
-            ),
-            state_dir=getattr(config, "state_dir", ""),
-            report_address=getattr(config, "report_address", ""),
+            hosts=settings.ssh_hosts,
+            port=settings.ssh_port,
+            user=settings.ssh_user,
+            user_from_request=settings.ssh_user_from_request,
+            key_file=settings.ssh_key_file,
+            known_hosts=settings.ssh_known_hosts,
+            accept_new_host_keys=settings.ssh_accept_new_host_keys,
+            selection=settings.ssh_host_selection,
+            python=settings.ssh_python,
+            **cls.remote_options(settings, gateway),
         )
 
     # -- choosing --

@@ -44,14 +44,26 @@ import socket
 import sys
 import time
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from raygate.settings import setting
+
 from .base import KernelHandle, KernelStartError, LaunchRequest
-from .remote import RemoteKernel, RemoteLauncher, _resource_request, placement_constraints
+from .remote import (
+    RemoteKernel,
+    RemoteLauncher,
+    RemoteSettings,
+    _resource_request,
+    placement_constraints,
+)
 from .wire import encode_secret, new_secret
+
+if TYPE_CHECKING:
+    from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.yarn")
 
@@ -90,10 +102,29 @@ class YarnKernel(RemoteKernel):
         await super().shutdown()
 
 
+@dataclass
+class YarnSettings(RemoteSettings):
+    yarn_endpoint: str = setting(
+        "",
+        "URL of the YARN ResourceManager's REST API (http://rm:8088) the yarn launcher "
+        "submits kernels to.",
+    )
+    yarn_queue: str = setting("default", "YARN queue unless KERNEL_QUEUE names one.")
+    yarn_user: str = setting(
+        "",
+        "User the ResourceManager's simple auth is given (user.name; default: the "
+        "gateway's own user).",
+    )
+    yarn_python: str = setting(
+        "", "Python on the YARN nodes that has raygate installed (default: the gateway's)."
+    )
+
+
 class YarnLauncher(RemoteLauncher):
     """Kernels as YARN applications whose AM container runs the bootstrap."""
 
     kind = "yarn"
+    settings = YarnSettings
     kernel_class = YarnKernel
 
     def __init__(
@@ -114,13 +145,13 @@ class YarnLauncher(RemoteLauncher):
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> YarnLauncher:
+    def from_settings(cls, settings: YarnSettings, gateway: GatewayConfig) -> YarnLauncher:
         return cls(
-            endpoint=getattr(config, "yarn_endpoint", ""),
-            queue=getattr(config, "yarn_queue", "default"),
-            user=getattr(config, "yarn_user", ""),
-            python=getattr(config, "yarn_python", ""),
-            **cls.remote_options(config),
+            endpoint=settings.yarn_endpoint,
+            queue=settings.yarn_queue,
+            user=settings.yarn_user,
+            python=settings.yarn_python,
+            **cls.remote_options(settings, gateway),
         )
 
     async def close(self) -> None:

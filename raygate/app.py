@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,6 +26,7 @@ from .kernels.registry import KernelRegistry
 from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
 from .sessions import SessionStore
+from .settings import build
 from .users import UsersFile
 
 log = logging.getLogger("raygate")
@@ -85,28 +87,57 @@ def watch_sighup(users: UsersFile) -> None:
         log.info("SIGHUP cannot be watched here; the users file is reread when it changes")
 
 
-def default_launchers(config: GatewayConfig) -> dict[str, Launcher]:
+def default_launchers(
+    config: GatewayConfig, values: Mapping[str, Any] | None = None
+) -> dict[str, Launcher]:
+    """One launcher of each installed kind, made from its declared settings: ``values``
+    by setting name (as ``raygate serve`` parsed them; missing ones keep their defaults)."""
     launchers: dict[str, Launcher] = {}
     for kind, cls in launcher_kinds().items():
-        from_config = getattr(cls, "from_config", None)
-        launchers[kind] = from_config(config) if from_config else cls()
+        settings = build(cls.settings, values or {}) if cls.settings is not None else None
+        launchers[kind] = cls.from_settings(settings, config)
     return launchers
+
+
+def check_launcher_kinds(
+    config: GatewayConfig, specs: KernelSpecs, launchers: Mapping[str, Launcher]
+) -> None:
+    """Refuse to start with a default launcher or a kernelspec naming a kind no installed
+    launcher has (ValueError, which ``serve`` reports as a usage error)."""
+    known = ", ".join(sorted(launchers))
+    if config.default_launcher not in launchers:
+        raise ValueError(
+            f"default launcher {config.default_launcher!r} is not one of: {known} "
+            "(launchers are registered under the raygate.launchers entry points)"
+        )
+    for name in specs.names():
+        try:
+            spec = specs.get(name)
+        except Exception:  # an unreadable kernelspec is answered when it is asked for
+            continue
+        raygate_meta = spec.metadata.get("raygate") if isinstance(spec.metadata, dict) else None
+        kind = raygate_meta.get("launcher") if isinstance(raygate_meta, dict) else None
+        if kind and kind not in launchers:
+            raise ValueError(
+                f"kernelspec {name!r} ({spec.resource_dir}) names launcher {kind!r}, which is "
+                f"not installed; known launchers: {known} (launchers are registered under "
+                "the raygate.launchers entry points)"
+            )
 
 
 def create_app(
     config: GatewayConfig | None = None,
     launchers: dict[str, Launcher] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Starlette:
+    """The gateway's app; ``settings``: every setting's value by name (``raygate serve``
+    passes what it parsed), of which the launchers' reach the launchers."""
     config = config or GatewayConfig()
     # A bad users file is a ValueError here (UsersFileError), reported by `serve` as such.
     users = UsersFile(config.users_file) if config.users_file else None
     specs = KernelSpecs(config.default_kernel_name, config.kernelspec_dirs)
-    launchers = launchers if launchers is not None else default_launchers(config)
-    if config.default_launcher not in launchers:
-        raise ValueError(
-            f"default launcher {config.default_launcher!r} is not one of: "
-            + ", ".join(sorted(launchers))
-        )
+    launchers = launchers if launchers is not None else default_launchers(config, settings)
+    check_launcher_kinds(config, specs, launchers)
     registry = KernelRegistry(config, specs, launchers)
     metrics = GatewayMetrics(registry)
     registry.observer = metrics

@@ -1,142 +1,239 @@
-"""The gateway's settings, one dataclass shared by the CLI, the app and the tests."""
+"""The gateway's own settings, declared once (:mod:`raygate.settings`).
+
+``raygate serve`` makes each field declared with :func:`~raygate.settings.setting` an
+option, a ``RAYGATE_*`` variable and a config file key; launchers declare their own
+settings on their classes (``Launcher.settings``), so nothing here knows a launcher.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import Choice, Integer, Items, Number, Parsed, Size, Text, setting
+
+
+def _prewarm(text: Any) -> dict[str, int]:
+    # The pool owns its syntax; imported here on use because the pool imports the registry.
+    from .kernels.pool import parse_prewarm
+
+    return text if isinstance(text, dict) else parse_prewarm(str(text))
+
+
+_USERS = Items(",")
+"""Usernames: a TOML list, or comma-separated."""
 
 
 @dataclass
 class GatewayConfig:
-    ip: str = "127.0.0.1"
-    port: int = 8888
-    auth_token: str = ""
-    allow_origin: str = ""
-    base_url: str = "/"
-    max_kernels: int = 0
-    """0: no limit."""
-    default_kernel_name: str = "python3"
-    prewarm: dict[str, int] = field(default_factory=dict)
+    ip: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8888, "Port to listen on.", Integer(0, 65535))
+    auth_token: str = setting(
+        "",
+        "Token clients must send (Authorization: token T, or ?token=T). Empty: no auth.",
+        show_default=False,
+    )
+    allow_origin: str = setting(
+        "", "CORS: origins allowed to call the API, comma-separated, or '*'."
+    )
+    base_url: str = setting("/", "URL prefix the API is served under.")
+    max_kernels: int = setting(
+        0, "Most kernels at once, starts in flight included (0: no limit).", Integer(min=0)
+    )
+    default_kernel_name: str = setting("python3", "Kernelspec for starts that name none.")
+    prewarm: dict[str, int] = setting(
+        {},
+        "Warm kernels kept ready per kernelspec, e.g. python3=2,py-gpu=1: starts that fit "
+        "one (same kernelspec, no resource overrides) get it at once; they count against "
+        "--max-kernels.",
+        Parsed(_prewarm, show=""),
+    )
     """Warm kernels to keep ready per kernelspec (``{"python3": 2}``), handed out on start
-    to requests that fit them (raygate/kernels/pool.py); they count against max_kernels."""
-    kernel_launch_timeout: float = 60.0
-    max_kernel_launch_timeout: float = 600.0
-    default_launcher: str = "ray"
-    cull_idle_timeout: float = 0.0
-    """Seconds an idle kernel may go without a message before it is shut down (0: never)."""
-    cull_interval: float = 300.0
-    """Seconds between checks for kernels to cull (more often when the warning needs it)."""
-    cull_connected: bool = False
-    cull_busy: bool = False
-    """Compatibility: busy kernels use the idle timeout, unless cull_busy_timeout is set."""
-    cull_busy_timeout: float = 0.0
-    """Seconds a busy kernel may go without a message before it is shut down (0: never)."""
-    cull_warning: float = 60.0
-    """Seconds before a cull that connected clients are warned (capped to the timeout; 0: no
-    warning). Any activity after the warning cancels the cull."""
-    log_level: str = "info"
-    log_format: str = "text"
-    """``text`` or ``json`` (one object per line); either way records carry the kernel id."""
-    metrics_public: bool = False
-    """Serve ``/metrics`` without the token (for a Prometheus that cannot send one)."""
-    allowed_envs: list[str] = field(default_factory=list)
-    """Variables other than ``KERNEL_*`` that a start request may pass to its kernel."""
-    kernelspec_dirs: list[str] = field(default_factory=list)
-    ws_buffer_bytes: int = 64 * 1024 * 1024
-    ws_ping_interval: float = 30.0
-    certfile: str = ""
-    keyfile: str = ""
-    client_ca: str = ""
-    """With a CA bundle, clients must present a certificate it signed."""
-    ws_compression: bool = False
-    replay_buffer_bytes: int = 32 * 1024 * 1024
+    to requests that fit them (raygate/pool.py); they count against max_kernels."""
+    kernel_launch_timeout: float = setting(
+        60.0,
+        "Seconds a kernel may take to start, unless the request's KERNEL_LAUNCH_TIMEOUT says.",
+        Number(min=0, min_open=True),
+    )
+    max_kernel_launch_timeout: float = setting(
+        600.0,
+        "Upper bound on a request's KERNEL_LAUNCH_TIMEOUT.",
+        Number(min=0, min_open=True),
+    )
+    default_launcher: str = setting(
+        "ray",
+        "Where kernels run unless their kernelspec names a launcher: a launcher kind "
+        "(built in: ray, local, ssh, dask, kubernetes, yarn; more from packages that "
+        "register raygate.launchers entry points).",
+    )
+    cull_idle_timeout: float = setting(
+        0.0,
+        "Shut down idle kernels after this many seconds without a message (0: never).",
+        Number(min=0),
+    )
+    cull_busy_timeout: float = setting(
+        0.0,
+        "Shut down busy kernels after this many seconds without a message (0: never).",
+        Number(min=0),
+    )
+    cull_warning: float = setting(
+        60.0,
+        "Seconds before a cull that connected clients get a warning on stderr (capped to the "
+        "timeout; 0: none). Any activity after it cancels the cull.",
+        Number(min=0),
+    )
+    restart_limit: int = setting(
+        5,
+        "Automatic restarts of a kernel that died before it is declared dead (0: none).",
+        Integer(min=0),
+    )
+    cull_interval: float = setting(
+        300.0,
+        "Seconds between checks for kernels to cull (at least twice per --cull-warning).",
+        Number(min=0, min_open=True),
+    )
+    cull_connected: bool = setting(False, "Also cull kernels that have clients connected.")
+    cull_busy: bool = setting(
+        False,
+        "Compatibility: busy kernels use --cull-idle-timeout when --cull-busy-timeout is 0.",
+    )
+    allowed_envs: list[str] = setting(
+        [],
+        "Comma-separated variables besides KERNEL_* that a start request may pass to its kernel.",
+        Items(",", strip=False),
+    )
+    kernelspec_dirs: list[str] = setting(
+        [],
+        "Extra directories to look for kernelspecs in, os.pathsep-separated, searched first.",
+        Items(":", strip=False),
+    )
+    ws_buffer_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Output queued per WebSocket client before the kernel's output waits for it.",
+        Integer(min=1024),
+    )
+    replay_buffer_bytes: int = setting(
+        32 * 1024 * 1024,
+        "Output kept for a session whose WebSocket dropped, replayed when it reconnects "
+        "(0: keep none).",
+        Integer(min=0),
+    )
     """Output kept per disconnected session, replayed when it reconnects (0: none)."""
-    ws_max_message_bytes: int = 256 * 1024 * 1024
-    monitor_interval: float = 1.0
-    restart_limit: int = 5
-    """Automatic restarts of a kernel that died, before it is declared dead."""
-    # Remote kernels (SSH, Dask): the bootstrap's report listener and reattach records.
-    state_dir: str = ""
-    """Where remote launchers keep what they need to find their kernels again, and the
-    gateway its delivery watermarks (what each session was last sent)."""
-    report_ip: str = "0.0.0.0"
-    report_port: int = 0
-    report_address: str = ""
-    """Address bootstraps reach the report listener at (default: found per host)."""
-    ssh_hosts: list[str] = field(default_factory=list)
-    ssh_port: int = 22
-    ssh_user: str = ""
-    ssh_user_from_request: bool = False
-    ssh_key_file: str = ""
-    ssh_known_hosts: str = ""
-    ssh_accept_new_host_keys: bool = False
-    ssh_host_selection: str = "round-robin"
-    ssh_python: str = ""
-    dask_scheduler: str = ""
-    # Kubernetes: kernels as pods (launchers/kubernetes.py).
-    k8s_namespace: str = ""
-    """Namespace of kernel pods (default: the kubeconfig context's, or the gateway pod's)."""
-    k8s_pod_template: str = ""
-    """Pod template file (default: k8s/kernel-pod.yaml of raygate's source tree)."""
-    k8s_kernel_image: str = ""
-    k8s_kernel_namespaces: str = ""
-    """Comma-separated namespaces KERNEL_NAMESPACE may name besides k8s_namespace ('*': any)."""
-    k8s_kubeconfig: str = ""
-    k8s_context: str = ""
-    k8s_unschedulable_wait: float = 0.0
-    k8s_scan_interval: float = 30.0
-    # What a start request may choose about its pod (launchers/kubernetes/policy.py).
-    k8s_allowed_service_accounts: str = ""
-    k8s_allowed_images: str = ""
-    k8s_allowed_volume_types: str = "emptyDir"
-    k8s_allowed_claims: str = ""
-    k8s_allowed_uids: str = ""
-    k8s_allowed_gids: str = ""
-    # YARN: kernels as application masters (launchers/yarn.py).
-    yarn_endpoint: str = ""
-    yarn_queue: str = "default"
-    yarn_user: str = ""
-    yarn_python: str = ""
-    # Ray: where kernels run as actors, and what one kernel may ask for.
-    ray_address: str = ""
-    """An existing Ray cluster to join; empty: start a local Ray for this gateway."""
-    ray_namespace: str = "raygate"
-    ray_num_cpus: float = 0.0
-    """Logical CPUs of the embedded Ray (0: the machine's count, at least 16)."""
-    ray_num_gpus: float | None = None
-    """GPUs of the embedded Ray (None: those Ray detects)."""
-    ray_kernel_cpus: float = 1.0
-    """CPUs a Ray kernel reserves when neither its kernelspec nor its request says."""
-    ray_auth_token_file: str = ""
-    """File holding the Ray cluster's auth token (token authentication)."""
-    max_kernel_cpus: float = 0.0
-    """The most CPUs one kernel may ask for (0: no cap); likewise memory (bytes) and GPUs."""
-    max_kernel_memory: int = 0
-    max_kernel_gpus: float = 0.0
-    kernel_memory_limit_default: int = 0
+    certfile: str = setting(
+        "",
+        "TLS certificate (PEM; may hold the chain): serve HTTPS and WSS.",
+        Text(path=True),
+        show_default=False,
+    )
+    keyfile: str = setting(
+        "", "TLS private key (PEM), when not in --certfile.", Text(path=True), show_default=False
+    )
+    client_ca: str = setting(
+        "",
+        "CA bundle (PEM): clients must present a certificate it signed (mutual TLS).",
+        Text(path=True),
+        show_default=False,
+    )
+    ws_compression: bool = setting(
+        False,
+        "Offer permessage-deflate to WebSocket clients (costs CPU; off like Kernel Gateway).",
+    )
+    ws_ping_interval: float = setting(
+        30.0, "Seconds between server pings on idle WebSockets (0: none).", Number(min=0)
+    )
+    state_dir: str = setting(
+        "",
+        "Where remote launchers (ssh, dask) keep their kernels' reattach records "
+        "(0600 files), and the gateway what each session was last sent (to replay what it "
+        "missed after a crash). Default: $XDG_STATE_HOME/raygate or ~/.local/state/raygate.",
+    )
+    max_kernel_cpus: float = setting(
+        0.0,
+        "The most CPUs one kernel may ask for (KERNEL_CPUS and its limit; 0: no cap).",
+        Number(min=0),
+    )
+    max_kernel_memory: int = setting(
+        0, "The most memory one kernel may ask for, e.g. 16Gi (0: no cap).", Size()
+    )
+    max_kernel_gpus: float = setting(
+        0.0, "The most GPUs one kernel may ask for (0: no cap).", Number(min=0)
+    )
+    kernel_memory_limit_default: int = setting(
+        0,
+        "Memory limit of kernels whose KERNEL_MEMORY_LIMIT and kernelspec set none, e.g. "
+        "8Gi (0: none). A kernel over its limit is stopped and restarted, with a message that "
+        "names it; enforced by a cgroup per kernel where one can be made, else by polling.",
+        Size(),
+    )
     """Memory limit (bytes) of kernels whose request and kernelspec set none (0: none);
     enforced by each kernel's supervisor (launchers/kernelside/limits.py), as are theirs."""
-    kernel_cpus_limit_default: float = 0.0
-    """CPU limit of kernels whose request and kernelspec set none (0: none)."""
+    kernel_cpus_limit_default: float = setting(
+        0.0,
+        "CPU limit of kernels whose KERNEL_CPUS_LIMIT and kernelspec set none (0: none); "
+        "a CFS quota of the kernel's cgroup.",
+        Number(min=0),
+    )
     # Users: identity, who may start kernels, and per-user caps (raygate/users.py).
-    users_file: str = ""
-    """TOML or JSON file mapping token -> username: each user authenticates with their own."""
-    user_header: str = ""
-    """Header an authenticating proxy sets to the user's name (empty: none is trusted)."""
-    allow_users: list[str] = field(default_factory=list)
+    users_file: str = setting(
+        "",
+        "TOML or JSON file mapping token -> username: each user's own token authenticates "
+        "and names them (reread when it changes, or on SIGHUP).",
+        Text(path=True),
+        show_default=False,
+    )
+    user_header: str = setting(
+        "",
+        "Header naming the user, e.g. X-Forwarded-User, set by an authenticating proxy. "
+        "Only behind a proxy that strips it from clients' requests (empty: not trusted).",
+        show_default=False,
+    )
+    allow_users: list[str] = setting([], "Comma-separated users who may start kernels.", _USERS)
     """Users who may start kernels (empty: everyone not denied)."""
-    deny_users: list[str] = field(default_factory=list)
-    admin_users: list[str] = field(default_factory=list)
-    """Authenticated users who see and control every user's kernels."""
-    max_kernels_per_user: int = 0
-    """The most kernels one user holds, starts in flight included (0: no cap)."""
-    max_gpus_per_user: float = 0.0
-    """The most GPUs one user's kernels ask for together (0: no cap); likewise memory."""
-    max_memory_per_user: int = 0
-    discovery_interval: float = 2.0
-    """Seconds between looks for kernels other gateway replicas started (0: never)."""
-    kernel_encryption: str = "none"
+    deny_users: list[str] = setting([], "Comma-separated users who may not start kernels.", _USERS)
+    admin_users: list[str] = setting(
+        [],
+        "Comma-separated authenticated users who see and control every user's kernels.",
+        _USERS,
+    )
+    max_kernels_per_user: int = setting(
+        0,
+        "Most kernels one user holds, starts in flight included (0: no limit).",
+        Integer(min=0),
+    )
+    max_gpus_per_user: float = setting(
+        0.0, "Most GPUs one user's kernels ask for together (0: no cap).", Number(min=0)
+    )
+    max_memory_per_user: int = setting(
+        0, "Most memory one user's kernels ask for together, e.g. 64Gi (0: no cap).", Size()
+    )
+    discovery_interval: float = setting(
+        2.0,
+        "Seconds between looks for kernels started by other gateway replicas on the "
+        "same cluster (0: never).",
+        Number(min=0),
+    )
+    kernel_encryption: str = setting(
+        "none",
+        "curve: encrypt kernel traffic between the gateway and kernels with CurveZMQ "
+        "(keys made on each kernel's host; the kernel must support it, as ipykernel 7.4+ does).",
+        Choice(("none", "curve"), case_sensitive=False),
+    )
     """``curve``: kernels started by this gateway are CurveZMQ servers (keys made on the
     kernel's host) and the gateway talks to them as a Curve client; ``none``: plain ZMQ."""
+    log_level: str = setting(
+        "info",
+        "Log verbosity.",
+        Choice(("debug", "info", "warning", "error"), case_sensitive=False),
+    )
+    log_format: str = setting(
+        "text",
+        "Log lines as text or as JSON objects (time, level, logger, message, kernel_id).",
+        Choice(("text", "json"), case_sensitive=False),
+    )
+    metrics_public: bool = setting(False, "Serve /metrics (Prometheus) without the auth token.")
+    # Internal: no option, variable or file key.
+    ws_max_message_bytes: int = 256 * 1024 * 1024
+    monitor_interval: float = 1.0
 
     def __post_init__(self) -> None:
         base = "/" + self.base_url.strip("/")

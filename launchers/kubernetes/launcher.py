@@ -13,10 +13,19 @@ import os
 import socket
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from raygate.settings import Items, Number, setting
+
 from ..base import KernelHandle, KernelStartError, LaunchRequest
-from ..remote import RemoteKernel, RemoteLauncher, ReportListener, _resource_request
+from ..remote import (
+    RemoteKernel,
+    RemoteLauncher,
+    RemoteSettings,
+    ReportListener,
+    _resource_request,
+)
 from ..wire import new_secret
 from . import records
 from .client import api_exception, api_message, config_exception, load_client
@@ -36,6 +45,8 @@ from .scan import scan
 if TYPE_CHECKING:
     from kubernetes import client as k8s_client
 
+    from raygate.config import GatewayConfig
+
 log = logging.getLogger("raygate.launchers.kubernetes")
 
 T = TypeVar("T")
@@ -53,11 +64,93 @@ class PodKernel(RemoteKernel):
         await launcher.delete_pod(self.extra["namespace"], self.extra["pod"])
 
 
+@dataclass
+class KubernetesSettings(RemoteSettings):
+    k8s_namespace: str = setting(
+        "",
+        "Namespace the kubernetes launcher starts kernel pods in (default: the kubeconfig "
+        "context's, or the gateway pod's own).",
+    )
+    k8s_pod_template: str = setting(
+        "",
+        "YAML Pod every kernel pod is made from (default: k8s/kernel-pod.yaml of raygate's "
+        "source tree). Checked when the gateway starts.",
+    )
+    k8s_kernel_image: str = setting(
+        "",
+        "Image of kernel pods unless KERNEL_IMAGE or the kernelspec names one (default: "
+        "the pod template's).",
+    )
+    k8s_kernel_namespaces: list[str] = setting(
+        [],
+        "Comma-separated namespaces a start request's KERNEL_NAMESPACE may name besides "
+        "--k8s-namespace ('*': any).",
+        Items(),
+    )
+    k8s_kubeconfig: str = setting(
+        "",
+        "kubeconfig file of the cluster (default: the pod's service account in a cluster, "
+        "else $KUBECONFIG or ~/.kube/config).",
+    )
+    k8s_context: str = setting("", "kubeconfig context to use (default: its current).")
+    k8s_unschedulable_wait: float = setting(
+        0.0,
+        "Seconds a kernel pod may stay Unschedulable (e.g. while a cluster autoscaler adds a "
+        "node) before its start fails with the scheduler's reason (0: fail at once).",
+        Number(min=0),
+    )
+    k8s_scan_interval: float = setting(
+        30.0,
+        "Seconds between scans for kernel pods started by other gateways and for orphaned "
+        "pods to delete (also done at startup).",
+        Number(min=0, min_open=True),
+    )
+    # What a start request may choose about its pod (policy.py parses and checks them).
+    k8s_allowed_service_accounts: list[str] = setting(
+        [],
+        "Comma-separated service accounts (patterns: * ? [..] {username}) a start request's "
+        "KERNEL_SERVICE_ACCOUNT_NAME may name (default: only the pod template's, else 'default').",
+        Items(),
+    )
+    k8s_allowed_images: list[str] = setting(
+        [],
+        "Comma-separated image patterns (* ? [..] {username}) KERNEL_IMAGE may name (default: "
+        "only the images configured: the pod template's, the kernelspec's, --k8s-kernel-image).",
+        Items(),
+    )
+    k8s_allowed_volume_types: list[str] = setting(
+        ["emptyDir"],
+        "Comma-separated volume types KERNEL_VOLUMES may add (e.g. emptyDir,configMap; "
+        "persistentVolumeClaim is allowed by claim name, see --k8s-allowed-claims).",
+        Items(),
+    )
+    k8s_allowed_claims: list[str] = setting(
+        [],
+        "Comma-separated PersistentVolumeClaim names (patterns, e.g. claim-{username}: the "
+        "kernel's user's own) KERNEL_VOLUMES may mount (default: none).",
+        Items(),
+    )
+    k8s_allowed_uids: list[str] = setting(
+        [],
+        "Comma-separated uids and ranges (e.g. 1000-1999,65534) KERNEL_UID may choose (default: "
+        "only the pod template's runAsUser; never 0).",
+        Items(),
+    )
+    k8s_allowed_gids: list[str] = setting(
+        [],
+        "Comma-separated gids and ranges KERNEL_GID may choose (default: only the pod "
+        "template's runAsGroup; never 0).",
+        Items(),
+    )
+
+
 class KubernetesLauncher(RemoteLauncher):
     """Kernels as pods, one per kernel, made from a pod template."""
 
     kind = "kubernetes"
     kernel_class = PodKernel
+    settings = KubernetesSettings
+    requires = ("kubernetes",)  # the client is imported on first use (it is slow to import)
 
     def __init__(
         self,
@@ -98,30 +191,29 @@ class KubernetesLauncher(RemoteLauncher):
         self.next_scan = 0.0
 
     @classmethod
-    def from_config(cls, config: Any) -> KubernetesLauncher:
-        namespaces = getattr(config, "k8s_kernel_namespaces", "") or ""
-        if isinstance(namespaces, str):
-            namespaces = [n.strip() for n in namespaces.split(",")]
+    def from_settings(
+        cls, settings: KubernetesSettings, gateway: GatewayConfig
+    ) -> KubernetesLauncher:
         return cls(
-            namespace=getattr(config, "k8s_namespace", ""),
-            pod_template=getattr(config, "k8s_pod_template", ""),
-            kernel_image=getattr(config, "k8s_kernel_image", ""),
-            kernel_namespaces=namespaces,
-            kubeconfig=getattr(config, "k8s_kubeconfig", ""),
-            context=getattr(config, "k8s_context", ""),
-            unschedulable_wait=getattr(config, "k8s_unschedulable_wait", 0.0),
-            scan_interval=getattr(config, "k8s_scan_interval", 30.0),
-            orphan_grace=getattr(config, "max_kernel_launch_timeout", 600.0) + 60.0,
+            namespace=settings.k8s_namespace,
+            pod_template=settings.k8s_pod_template,
+            kernel_image=settings.k8s_kernel_image,
+            kernel_namespaces=settings.k8s_kernel_namespaces,
+            kubeconfig=settings.k8s_kubeconfig,
+            context=settings.k8s_context,
+            unschedulable_wait=settings.k8s_unschedulable_wait,
+            scan_interval=settings.k8s_scan_interval,
+            orphan_grace=gateway.max_kernel_launch_timeout + 60.0,
             # malformed or never-matching lists: PolicyError, and the gateway does not start
             allow=AllowLists.parse(
-                service_accounts=getattr(config, "k8s_allowed_service_accounts", ""),
-                images=getattr(config, "k8s_allowed_images", ""),
-                volume_types=getattr(config, "k8s_allowed_volume_types", "emptyDir"),
-                claims=getattr(config, "k8s_allowed_claims", ""),
-                uids=getattr(config, "k8s_allowed_uids", ""),
-                gids=getattr(config, "k8s_allowed_gids", ""),
+                service_accounts=settings.k8s_allowed_service_accounts,
+                images=settings.k8s_allowed_images,
+                volume_types=settings.k8s_allowed_volume_types,
+                claims=settings.k8s_allowed_claims,
+                uids=settings.k8s_allowed_uids,
+                gids=settings.k8s_allowed_gids,
             ),
-            **cls.remote_options(config),
+            **cls.remote_options(settings, gateway),
         )
 
     # -- the API client --

@@ -14,10 +14,13 @@ import signal
 import threading
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from raygate.settings import Number, setting
 
 from ..base import (
     ConnectionInfo,
@@ -101,10 +104,46 @@ def connect_ray(address: str = "", namespace: str = "raygate", **init_args: Any)
         return True
 
 
+@dataclass
+class RaySettings:
+    """Where kernels run as actors, and what one kernel reserves by default."""
+
+    ray_address: str = setting(
+        "",
+        "Ray cluster to join (host:port of its GCS). Empty: start a local Ray for this "
+        "gateway, whose kernels stop with it. Kernels on a joined cluster outlive the gateway.",
+        envvars=("RAY_ADDRESS",),
+    )
+    ray_namespace: str = setting("raygate", "Ray namespace of the kernel actors.")
+    ray_num_cpus: float = setting(
+        0.0,
+        "Logical CPUs of the local Ray started without --ray-address (0: the machine's "
+        "count, at least 16: idle kernels use little).",
+        Number(min=0),
+    )
+    ray_num_gpus: float | None = setting(
+        None,
+        "GPUs of the local Ray started without --ray-address (default: as Ray detects).",
+        Number(min=0),
+        show_default=False,
+    )
+    ray_kernel_cpus: float = setting(
+        1.0,
+        "CPUs a Ray kernel reserves when neither its kernelspec nor KERNEL_CPUS says.",
+        Number(min=0),
+    )
+    ray_auth_token_file: str = setting(
+        "",
+        "File with the Ray cluster's auth token, for clusters with token authentication "
+        "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).",
+    )
+
+
 class RayLauncher(Launcher):
     """Kernels as detached Ray actors in one namespace of one Ray cluster."""
 
     kind = "ray"
+    settings = RaySettings
 
     def __init__(
         self,
@@ -137,17 +176,17 @@ class RayLauncher(Launcher):
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> RayLauncher:
+    def from_settings(cls, settings: RaySettings, gateway: GatewayConfig) -> RayLauncher:
         return cls(
-            address=config.ray_address,
-            namespace=config.ray_namespace,
-            num_cpus=config.ray_num_cpus,
-            num_gpus=config.ray_num_gpus,
-            kernel_cpus=config.ray_kernel_cpus,
-            auth_token_file=config.ray_auth_token_file,
+            address=settings.ray_address,
+            namespace=settings.ray_namespace,
+            num_cpus=settings.ray_num_cpus,
+            num_gpus=settings.ray_num_gpus,
+            kernel_cpus=settings.ray_kernel_cpus,
+            auth_token_file=settings.ray_auth_token_file,
             # A gateway whose kernels mostly run elsewhere starts its local Ray on demand.
-            eager=bool(config.ray_address) or config.default_launcher == cls.kind,
-            keep_output_bytes=config.replay_buffer_bytes,
+            eager=bool(settings.ray_address) or gateway.default_launcher == cls.kind,
+            keep_output_bytes=gateway.replay_buffer_bytes,
         )
 
     # -- connection --------------------------------------------------------------------

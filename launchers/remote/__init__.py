@@ -1,12 +1,13 @@
 """The gateway side of launchers whose kernels a bootstrap starts elsewhere.
 
-* :mod:`.base`: :class:`RemoteKernel` and :class:`RemoteLauncher`;
+* :mod:`.base`: :class:`RemoteKernel`, :class:`RemoteLauncher` and the settings every
+  remote launcher inherits (:class:`RemoteSettings`);
 * :mod:`.state`: the reattach records a restarted gateway reads;
 * :mod:`.listener`: the report listener every bootstrap reports to;
 * :mod:`.resources`: the resource request in the forms remote environments use.
 """
 
-from .base import DEAD_AFTER_FAILED_CHECKS, RemoteKernel, RemoteLauncher
+from .base import DEAD_AFTER_FAILED_CHECKS, RemoteKernel, RemoteLauncher, RemoteSettings
 from .listener import ReportListener
 from .resources import (
     _resource_request,
@@ -20,6 +21,7 @@ __all__ = [
     "DEAD_AFTER_FAILED_CHECKS",
     "RemoteKernel",
     "RemoteLauncher",
+    "RemoteSettings",
     "ReportListener",
     "StateStore",
     "_resource_request",

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from raygate.settings import Integer, setting
 
 from ..base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
 from ..kernelside.keeper import message_id
@@ -22,6 +25,9 @@ from ..kernelside.limits import KernelLimits
 from ..wire import ChannelError, control_request, decode_secret, encode_secret
 from .listener import ReportListener
 from .state import StateStore
+
+if TYPE_CHECKING:
+    from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.remote")
 
@@ -191,6 +197,24 @@ class RemoteKernel(KernelHandle):
 # -- the launcher -------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class RemoteSettings:
+    """The report listener's settings, shared by every launcher that runs the bootstrap
+    (their settings dataclasses inherit these)."""
+
+    report_ip: str = setting(
+        "0.0.0.0", "Interface the listener for remote kernels' connection reports binds."
+    )
+    report_port: int = setting(
+        0, "Port of the report listener (0: any free port).", Integer(0, 65535)
+    )
+    report_address: str = setting(
+        "",
+        "Address remote bootstraps reach the report listener at (default: the "
+        "gateway's address as seen from each SSH host or the Dask scheduler).",
+    )
+
+
 class RemoteLauncher(Launcher):
     """Base of launchers whose kernels are started by the bootstrap somewhere else."""
 
@@ -217,14 +241,13 @@ class RemoteLauncher(Launcher):
         self._started = False
 
     @staticmethod
-    def remote_options(config: Any) -> dict[str, Any]:
-        """The constructor arguments every remote launcher takes from the gateway's config."""
+    def remote_options(settings: RemoteSettings, gateway: GatewayConfig) -> dict[str, Any]:
+        """The constructor arguments every remote launcher takes from its settings and the
+        gateway's (its subclasses' ``from_settings`` call this)."""
         return {
-            "listener": ReportListener.shared(
-                getattr(config, "report_ip", "0.0.0.0"), getattr(config, "report_port", 0)
-            ),
-            "state_dir": getattr(config, "state_dir", ""),
-            "report_address": getattr(config, "report_address", ""),
+            "listener": ReportListener.shared(settings.report_ip, settings.report_port),
+            "state_dir": gateway.state_dir,
+            "report_address": settings.report_address,
         }
 
     async def listen(self) -> None:
