@@ -4,32 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
 
 import httpx
 
 from conftest import ServerProcess, wait_gone
-from raygate.config import GatewayConfig
+from raygate.cli import serve_settings
 
 
-def test_help_documents_every_option_and_its_variable() -> None:
+def help_entries(out: str) -> dict[str, str]:
+    """``--help``'s text per option (click wraps an option's text over lines)."""
+    entries: dict[str, str] = {}
+    current = ""
+    for line in out.split("Options:", 1)[1].splitlines():
+        match = re.match(r"  (--[\w-]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line[match.end() :]
+        elif current:
+            entries[current] += " " + line
+    return {option: " ".join(text.split()) for option, text in entries.items()}
+
+
+def test_help_documents_every_setting_its_variable_and_default() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "raygate", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    out = " ".join(out.split())  # click wraps long lines
-    internal = {"ws_max_message_bytes", "monitor_interval"}
-    for setting in fields(GatewayConfig):
-        if setting.name in internal:
-            continue
-        assert "--" + setting.name.replace("_", "-") in out, setting.name
-        assert "RAYGATE_" + setting.name.upper() in out, setting.name
+    entries = help_entries(out)
+    settings = [setting for _, setting in serve_settings()]
+    assert len(settings) >= 75
+    for setting in settings:
+        text = entries[setting.option]
+        assert setting.envvar in text, setting.name
+        if setting.show_default:
+            assert "default: " in text, setting.name
+    assert "RAYGATE_CONFIG" in entries["--config"]
+    assert "default: python3" in entries["--default-kernel-name"]
+    assert "default: 0" in entries["--max-kernel-memory"]
+    assert "RAY_ADDRESS" in entries["--ray-address"].replace("RAYGATE_RAY_ADDRESS", "")
 
 
 def test_sigterm_stops_kernels(start_server) -> None:
@@ -94,6 +113,7 @@ def test_bad_config_is_a_clear_error(tmp_path, refused_serve) -> None:
     r = refused_serve("--default-launcher", "nowhere")
     assert r.exit_code == 2, r.output
     assert "nowhere" in r.stderr
+    assert "local" in r.stderr and "ray" in r.stderr  # the known kinds
 
 
 def test_cors(start_server) -> None:

@@ -155,7 +155,7 @@ def test_choices_ignore_case_where_they_did() -> None:
 def test_a_config_file_with_an_unknown_key_is_refused(tmp_path) -> None:
     config = tmp_path / "raygate.toml"
     config.write_text("max_kernelz = 1\n")
-    with pytest.raises(click.BadParameter, match="unknown setting.*max_kernelz"):
+    with pytest.raises(click.BadParameter, match=r"unknown setting.*max_kernelz"):
         parse("--config", str(config))
 
 
@@ -183,5 +183,5 @@ def test_two_owners_declaring_one_name_differently_is_an_error() -> None:
     class Other:
         shared_name: str = setting("x", "Other's.")
 
-    with pytest.raises(ValueError, match="shared_name.*both one and other"):
+    with pytest.raises(ValueError, match=r"shared_name.*both one and other"):
         list(merge({"one": One, "other": Other}))
