@@ -95,17 +95,17 @@ async def test_it_can_be_the_default_launcher(hello: dict[str, str], start_serve
     assert result.stdout.strip() == "from the variable"
 
 
-def test_an_unknown_kind_is_a_startup_error_listing_the_known(tmp_path) -> None:
+def test_an_unknown_kind_is_a_startup_error_listing_the_known(tmp_path, refused_serve) -> None:
     specs = tmp_path / "kernels"
     write_kernelspec(
         str(specs), "lost", ipykernel_argv(), metadata={"raygate": {"launcher": "nowhere"}}
     )
-    r = serve("--default-launcher", "local", "--kernelspec-dirs", str(specs), env={})
-    assert r.returncode == 2, r.stderr
+    r = refused_serve("--default-launcher", "local", "--kernelspec-dirs", str(specs))
+    assert r.exit_code == 2, r.output
     assert "kernelspec 'lost'" in r.stderr and "'nowhere'" in r.stderr
     assert "known launchers: dask, kubernetes, local, ray, ssh, yarn" in " ".join(r.stderr.split())
-    r = serve("--default-launcher", "nowhere", env={})
-    assert r.returncode == 2
+    r = refused_serve("--default-launcher", "nowhere")
+    assert r.exit_code == 2, r.output
     assert "'nowhere' is not one of: dask, kubernetes, local, ray, ssh, yarn" in r.stderr
 
 
