@@ -49,7 +49,7 @@ class GatewayConfig:
         Parsed(_prewarm, show=""),
     )
     """Warm kernels to keep ready per kernelspec (``{"python3": 2}``), handed out on start
-    to requests that fit them (raygate/pool.py); they count against max_kernels."""
+    to requests that fit them (raygate/kernels/pool.py); they count against max_kernels."""
     kernel_launch_timeout: float = setting(
         60.0,
         "Seconds a kernel may take to start, unless the request's KERNEL_LAUNCH_TIMEOUT says.",

@@ -32,6 +32,9 @@ SETTINGS_BEFORE = [
     "deny_users", "admin_users", "max_kernels_per_user", "max_gpus_per_user",
     "max_memory_per_user", "discovery_interval", "kernel_encryption", "log_level", "log_format",
     "metrics_public",
+    # added by the Kubernetes allow lists
+    "k8s_allowed_service_accounts", "k8s_allowed_images", "k8s_allowed_volume_types",
+    "k8s_allowed_claims", "k8s_allowed_uids", "k8s_allowed_gids",
 ]  # fmt: skip
 FLAGS_BEFORE = {
     "cull_connected", "cull_busy", "ws_compression", "ssh_user_from_request",
