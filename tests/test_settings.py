@@ -35,6 +35,8 @@ SETTINGS_BEFORE = [
     # added by the Kubernetes allow lists
     "k8s_allowed_service_accounts", "k8s_allowed_images", "k8s_allowed_volume_types",
     "k8s_allowed_claims", "k8s_allowed_uids", "k8s_allowed_gids",
+    # added by the kernel limits
+    "kernel_memory_limit_default", "kernel_cpus_limit_default",
 ]  # fmt: skip
 FLAGS_BEFORE = {
     "cull_connected", "cull_busy", "ws_compression", "ssh_user_from_request",
