@@ -3,8 +3,10 @@
 Pure parts first (choosing the limits, finding the cgroup hierarchies, the values written),
 then the kernel supervisor with real processes (a cgroup per kernel where this host lets
 root make one; the watchdog where it is forced), then real ipykernels through a gateway
-(the local launcher): a kernel that allocates past its limit is stopped with a message that
-names the limit, is restarted under the same limits, and a kernel beside it is untouched.
+(local kernels with a cgroup and with the watchdog, a Ray kernel in its actor, an SSH kernel
+under its bootstrap): a kernel that allocates past its limit is stopped with a message that
+names the limit under the cell that ran, is restarted under the same limits, a kernel
+beside it keeps its state, and its cgroup goes when the kernel does.
 """
 
 from __future__ import annotations
@@ -412,10 +414,10 @@ def gateway_with_limits(start_server: Callable[..., ServerProcess], *args: str, 
     return start_server("--default-launcher", "local", *args, **kw)
 
 
-async def check_stop_and_neighbour(server: ServerProcess) -> str:
+async def check_stop_and_neighbour(server: ServerProcess, name: str = "python3") -> str:
     client = server.client
-    hog = client.start_kernel(env={"KERNEL_MEMORY_LIMIT": "200M"})["id"]
-    other = client.start_kernel()["id"]
+    hog = client.start_kernel(name, env={"KERNEL_MEMORY_LIMIT": "200M"})["id"]
+    other = client.start_kernel(name)["id"]
     assert (await client.run(other, "kept = 42")).status == "ok"
     ws = await client.connect(hog)
     try:
@@ -541,6 +543,29 @@ def test_a_ray_kernel_over_its_limit_is_stopped_on_its_node_and_the_user_is_told
         server.wait_ready(120)
         hog = asyncio.run(check_stop_and_neighbour(server))
         assert cgroup_dirs(hog), "the Ray kernel ran without a cgroup"
+        server.client.shutdown_kernel(hog)
+        wait_until(lambda: not cgroup_dirs(hog))
+    finally:
+        for kernel in server.client.get("/api/kernels").json():
+            server.client.shutdown_kernel(kernel["id"])
+        server.stop()
+
+
+@needs_cgroups
+def test_a_kernel_on_an_ssh_host_gets_its_limit_through_the_bootstrap(sshd, tmp_path: Path) -> None:
+    from test_ssh import gateway_args
+
+    from kernelspecs import ipykernel_argv, write_kernelspec
+
+    specs = str(tmp_path / "specs")
+    # Pinned to the live hosts (the gateway's list starts with one nothing listens on).
+    ssh = {"launcher": "ssh", "ssh": {"hosts": sshd.hosts()}}
+    write_kernelspec(specs, "ssh-python", ipykernel_argv(), metadata={"raygate": ssh})
+    server = ServerProcess(gateway_args(sshd, specs, str(tmp_path / "state")))
+    try:
+        server.wait_ready()
+        hog = asyncio.run(check_stop_and_neighbour(server, "ssh-python"))
+        assert cgroup_dirs(hog), "the SSH kernel ran without a cgroup"
         server.client.shutdown_kernel(hog)
         wait_until(lambda: not cgroup_dirs(hog))
     finally:
