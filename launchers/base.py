@@ -405,3 +405,10 @@ class Launcher(abc.ABC):
         ``known``; the registry asks periodically. Launchers whose kernels only this
         gateway starts keep the default."""
         return []
+
+    def ledger_store(self) -> Any:
+        """Where the replicas of this deployment share per-user caps: a
+        :class:`raygate.kernels.caps.LedgerStore`, or None (the default: each gateway
+        counts its own kernels). Called once, by the registry, before :meth:`start`; the
+        store is used only after it."""
+        return None

@@ -171,3 +171,31 @@ def kv_keys(prefix: str, namespace: str) -> list[str]:
 
     keys = internal_kv._internal_kv_list(prefix, namespace=namespace)
     return [k.decode() if isinstance(k, bytes) else k for k in keys]
+
+
+def kv_get(key: str, namespace: str) -> bytes | None:
+    from ray.experimental import internal_kv
+
+    return internal_kv._internal_kv_get(key, namespace=namespace)
+
+
+def kv_put_if_absent(key: str, value: bytes, namespace: str) -> bool:
+    """Store ``value`` under ``key`` unless the key exists; True when this call stored it.
+    Atomic in the GCS, so replicas can build a compare-and-swap on it."""
+    from ray.experimental import internal_kv
+
+    # _internal_kv_put answers whether the key existed before (then nothing was written).
+    existed = internal_kv._internal_kv_put(key, value, overwrite=False, namespace=namespace)
+    return not existed
+
+
+# -- drivers ----------------------------------------------------------------------------
+
+
+def dead_jobs() -> set[str]:
+    """Hex ids of the jobs (drivers, e.g. gateway replicas) the GCS marked dead
+    (``ray._private.state.state.job_table``): a driver killed with SIGKILL is marked when
+    its raylet sees its connection drop."""
+    import ray
+
+    return {job["JobID"] for job in ray._private.state.state.job_table() if job["IsDead"]}

@@ -32,6 +32,7 @@ from ..base import (
 from ..kernelside.keeper import KEEP_BYTES
 from . import cluster
 from .handle import RayKernel, get
+from .ledger import RayLedgerStore
 from .placement import actor_options, check_feasible, creation_error, still_waiting
 
 if TYPE_CHECKING:
@@ -360,6 +361,13 @@ class RayLauncher(Launcher):
         if created:
             kernel.created = datetime.fromisoformat(created)
         return kernel
+
+    def ledger_store(self) -> RayLedgerStore | None:
+        """Joined to a cluster, replicas share per-user caps in its KV store; the embedded
+        Ray has no other replica."""
+        if not self.address:
+            return None
+        return RayLedgerStore(self.namespace, self._live_names)
 
     # -- watching ----------------------------------------------------------------------
 

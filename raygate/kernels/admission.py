@@ -183,11 +183,11 @@ class Admission:
         self._starting.discard(claim_id)
         await self.reservations.started(claim_id, kernel_id)
 
-    async def ended(self, kernel_id: str) -> None:
-        """The admitted start failed, or the kernel it started is gone (called by the
-        registry on shutdown): release what it held."""
+    async def ended(self, kernel_id: str, username: str | None = None) -> None:
+        """The admitted start failed, or the kernel it started (of ``username``) is gone
+        (called by the registry on shutdown): release what it held."""
         self._starting.discard(kernel_id)
-        await self.reservations.ended(kernel_id)
+        await self.reservations.ended(kernel_id, username)
 
     # -- the warm pool -------------------------------------------------------------------
 

@@ -3,19 +3,39 @@
 
 Admission asks a :class:`Reservations` store to reserve a start's resources before the
 launch, and tells it when the kernel runs and when it ends. :class:`LocalReservations`
-counts one gateway's kernels; a store shared by gateway replicas (with a put-if-absent in
-the cluster's key-value store) implements the same three methods.
+counts one gateway's kernels; :class:`SharedReservations` keeps each user's holdings in a
+ledger that every gateway replica of the deployment reads and changes atomically
+(:mod:`.ledger`), in a store a launcher offers (:meth:`Launcher.ledger_store
+<raygate.launchers.Launcher.ledger_store>`; Ray's KV store on a joined cluster).
+:func:`reservations_for` chooses.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from raygate.config import GatewayConfig
+from raygate.errors import APIError
+from raygate.launchers import Launcher
 from raygate.resources import ResourceRequest
 from raygate.users import Usage, check_user_limits
+
+from .ledger import Entry, Ledger, Liveness
+
+log = logging.getLogger("raygate.caps")
+
+CAS_ATTEMPTS = 50
+"""Tries of one ledger change against the writes of other replicas before a 503."""
+SETTLE_MARGIN = 60.0
+"""Seconds past the longest launch timeout after which a start still in flight on another
+(live) replica no longer holds anything."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +63,10 @@ class Reservations(abc.ABC):
         it by ``kernel_id``."""
 
     @abc.abstractmethod
-    async def ended(self, kernel_id: str) -> None:
-        """The claim's start failed or its kernel is gone: release it. Unknown ids are
-        ignored (a kernel found running after a restart was never reserved here)."""
+    async def ended(self, kernel_id: str, username: str | None = None) -> None:
+        """The claim's start failed or its kernel (of ``username``, where known) is gone:
+        release it. Unknown ids are ignored (a kernel found running after a restart was
+        never reserved here)."""
 
     @abc.abstractmethod
     def usage(self, username: str | None) -> Usage:
@@ -79,5 +100,170 @@ class LocalReservations(Reservations):
         # From now on the kernel table counts it.
         self.in_flight.pop(claim_id, None)
 
-    async def ended(self, kernel_id: str) -> None:
+    async def ended(self, kernel_id: str, username: str | None = None) -> None:
         self.in_flight.pop(kernel_id, None)
+
+
+class LedgerStore(Protocol):
+    """Per-user ledgers that all replicas of a deployment share, and what the cluster knows
+    of its kernels and replicas; offered by a launcher (``Launcher.ledger_store``). Blocking
+    calls: :class:`SharedReservations` runs them off the event loop."""
+
+    def read(self, username: str) -> tuple[int, bytes | None]:
+        """The latest version of ``username``'s ledger and its value (0, None: none yet)."""
+        ...
+
+    def write(self, username: str, version: int, value: bytes) -> bool:
+        """Write version ``version + 1`` unless another replica wrote it first (False)."""
+        ...
+
+    def replica(self) -> str:
+        """This replica's id, as the cluster knows it."""
+        ...
+
+    def live_kernels(self) -> Collection[str]:
+        """Ids of the kernels that exist in the cluster."""
+        ...
+
+    def dead_replicas(self) -> Collection[str]:
+        """Ids of replicas the cluster knows to be gone."""
+        ...
+
+
+class SharedReservations(Reservations):
+    """Per-user caps over every replica of a deployment: each reservation is a change of
+    the user's ledger in ``store``, made by compare-and-swap, so concurrent starts on any
+    replicas never exceed a cap together. Before deciding, a reservation drops the entries
+    that no longer hold anything (:meth:`Ledger.stale <.ledger.Ledger.stale>`): a replica
+    killed mid-start, a release that never reached the store. Kernels in this gateway's
+    table without an entry (``running``: id -> request) count too.
+
+    Releases and renames that fail (the store unreachable) are logged, not raised: the
+    kernel is gone or running either way, and the next reservation reconciles."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: LedgerStore,
+        running: Callable[[str | None], Mapping[str, ResourceRequest]],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.running = running
+        self.in_flight: dict[str, Claim] = {}
+        self.seen: dict[str, Ledger] = {}
+        """Each user's ledger as this replica last read or wrote it (for :meth:`usage`)."""
+        self.settle_within = max(config.kernel_launch_timeout, config.max_kernel_launch_timeout)
+        self.settle_within += SETTLE_MARGIN
+
+    def usage(self, username: str | None) -> Usage:
+        """The user's ledger as last seen here, with the kernels of this gateway's table
+        that it lacks; a reservation reads the ledger afresh."""
+        return self.seen.get(username or "", Ledger()).usage(self.running(username))
+
+    async def _change(self, username: str, change: Callable[[Ledger], Ledger]) -> None:
+        """Apply ``change`` to the newest ledger until no other replica wrote in between;
+        ``change`` may raise (a cap reached): nothing is written then."""
+        for attempt in range(CAS_ATTEMPTS):
+            version, raw = await asyncio.to_thread(self.store.read, username)
+            ledger = Ledger.from_bytes(raw)
+            self.seen[username] = ledger
+            new = change(ledger)
+            if new == ledger:
+                return
+            if await asyncio.to_thread(self.store.write, username, version, new.to_bytes()):
+                self.seen[username] = new
+                return
+            # Another replica wrote first: a little jitter, so that the same two do not
+            # collide again and again.
+            await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+        raise APIError(
+            503,
+            f"Per-user caps of user {username!r} could not be checked: too many concurrent "
+            "changes by other gateway replicas; try again",
+        )
+
+    async def reserve(self, claim: Claim) -> None:
+        username = claim.username
+        if not username:
+            return  # no user, no per-user caps (check_user_limits)
+        try:
+            kernels, dead, me = await asyncio.to_thread(
+                lambda: (
+                    self.store.live_kernels(),
+                    self.store.dead_replicas(),
+                    self.store.replica(),
+                )
+            )
+        except Exception as exc:
+            raise APIError(
+                503, f"Per-user caps could not be checked: the cluster did not answer: {exc}"
+            ) from None
+        entry = Entry.of(claim.resources, me, time.time() + self.settle_within)
+
+        def change(ledger: Ledger) -> Ledger:
+            # What this replica holds is read now, not before: its own other starts may
+            # have been written meanwhile and must not be taken for stale.
+            mine = {*self.in_flight, *self.running(username)}
+            live = Liveness(me=me, mine=mine, kernels=kernels, dead=dead, now=time.time())
+            ledger = ledger.pruned(live)
+            held = ledger.usage(self.running(username))
+            check_user_limits(self.config, username, held, claim.resources)
+            return ledger.holding(claim.kernel_id, entry)
+
+        # In flight from before the write: a concurrent start of this replica that reads
+        # the ledger right after it must see this entry as held here, not as stale.
+        self.in_flight[claim.kernel_id] = claim
+        try:
+            await self._change(username, change)
+        except BaseException as exc:
+            self.in_flight.pop(claim.kernel_id, None)
+            if isinstance(exc, APIError) or not isinstance(exc, Exception):
+                raise
+            raise APIError(
+                503, f"Per-user caps could not be checked: the cluster did not answer: {exc}"
+            ) from None
+
+    async def started(self, claim_id: str, kernel_id: str) -> None:
+        claim = self.in_flight.get(claim_id)
+        try:
+            if claim is not None and claim.username:
+                await self._change(
+                    claim.username, lambda ledger: ledger.running(claim_id, kernel_id)
+                )
+        except Exception as exc:
+            log.warning(
+                "per-user caps: kernel %s runs, but the ledger says not: %s", kernel_id, exc
+            )
+        finally:
+            self.in_flight.pop(claim_id, None)
+
+    async def ended(self, kernel_id: str, username: str | None = None) -> None:
+        claim = self.in_flight.get(kernel_id)
+        username = username or (claim.username if claim else None)
+        try:
+            if username:
+                await self._change(username, lambda ledger: ledger.without(kernel_id))
+        except Exception as exc:
+            log.warning("per-user caps: kernel %s ended, but its claim stays: %s", kernel_id, exc)
+        finally:
+            self.in_flight.pop(kernel_id, None)
+
+
+def reservations_for(
+    config: GatewayConfig,
+    launchers: Mapping[str, Launcher],
+    running: Callable[[str | None], Mapping[str, ResourceRequest]],
+) -> Reservations:
+    """Where this gateway counts per-user caps: in the ledger store of the first launcher
+    that offers one (its kernels are shared by replicas), when any per-user cap is set;
+    else on its own. ``running``: the user's kernels in the gateway's table, by id. Called
+    by the registry."""
+    capped = config.max_kernels_per_user or config.max_gpus_per_user or config.max_memory_per_user
+    if capped:
+        for launcher in launchers.values():
+            store = launcher.ledger_store()
+            if store is not None:
+                log.info("per-user caps: shared by the replicas of %s kernels", launcher.kind)
+                return SharedReservations(config, store, running)
+    return LocalReservations(config, lambda username: running(username).values())

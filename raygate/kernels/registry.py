@@ -32,7 +32,7 @@ from raygate.logs import kernel_id_var, kernel_scoped
 from raygate.resources import ResourceRequest
 
 from .admission import Admission
-from .caps import LocalReservations, Reservations
+from .caps import Reservations, reservations_for
 from .kernel import Kernel, RegistryObserver, iso
 from .pool import WarmPool
 
@@ -101,7 +101,7 @@ class KernelRegistry:
         self.zmq_context = zmq.asyncio.Context()
         allow_sockets(self.zmq_context)  # libzmq's default of 1023 sockets is 255 kernels
         if reservations is None:
-            reservations = LocalReservations(config, self._running_resources)
+            reservations = reservations_for(config, launchers, self._running_resources)
         self.admission = Admission(
             config, kernelspecs, launchers, reservations, running=lambda: len(self.kernels)
         )
@@ -244,9 +244,13 @@ class KernelRegistry:
     def list(self) -> list[Kernel]:
         return list(self.kernels.values())
 
-    def _running_resources(self, username: str | None) -> list[ResourceRequest]:
-        """What ``username``'s kernels in the table asked for (per-user caps count it)."""
-        return [k.handle.request.resources for k in self.kernels.values() if k.username == username]
+    def _running_resources(self, username: str | None) -> dict[str, ResourceRequest]:
+        """What ``username``'s kernels in the table asked for, by id (per-user caps count it)."""
+        return {
+            k.id: k.handle.request.resources
+            for k in self.kernels.values()
+            if k.username == username
+        }
 
     def in_use(self) -> int:
         """Kernels in the table plus starts in flight; the pool counts its own on top."""
@@ -265,7 +269,7 @@ class KernelRegistry:
         try:
             kernel = await self.pool.take(request) or await self.launch(admitted.launcher, request)
         except BaseException:
-            await self.admission.ended(request.kernel_id)
+            await self.admission.ended(request.kernel_id, request.username)
             raise
         finally:
             self.unhold(request.kernel_id)
@@ -412,7 +416,7 @@ class KernelRegistry:
         self.observer.kernel_removed(kernel)
         kernel.busy_with = "shutting down"
         stopped = self.retire(kernel)
-        await self.admission.ended(kernel_id)
+        await self.admission.ended(kernel_id, kernel.username)
         await asyncio.shield(stopped)
 
     def retire(self, kernel: Kernel) -> asyncio.Future[None]:
