@@ -19,7 +19,8 @@ starts the kernel on its node and the gateway connects ZMQ to it there.
 Modules: :mod:`.launcher` (:class:`RayLauncher`: connect, launch, watch, find again),
 :mod:`.handle` (:class:`RayKernel`, one kernel's actor), :mod:`.placement` (pure: actor
 options, feasibility, the wording of failures), :mod:`.cluster` (every use of Ray's
-private APIs, so that a Ray upgrade is one file to check).
+private APIs, so that a Ray upgrade is one file to check), :mod:`.ledger` (per-user caps
+shared by the replicas of a namespace, in the cluster's KV store).
 """
 
 from .handle import RayKernel
