@@ -182,4 +182,7 @@ def test_a_replica_killed_mid_start_does_not_block_its_user(both, ray_cluster, s
         time.sleep(0.5)
     assert r.status_code == 201, r.text
     assert r.json()["username"] == "killed"
+    # released by reconciliation (no replica here adopts another's kernels)
+    assert "dropped 1 claim(s) that hold nothing any more" in b.output()
+    assert orphan in b.output()
     assert {held["id"], r.json()["id"]} <= set(ray_cluster.actors(namespace))

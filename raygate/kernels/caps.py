@@ -206,7 +206,16 @@ class SharedReservations(Reservations):
             # have been written meanwhile and must not be taken for stale.
             mine = {*self.in_flight, *self.running(username)}
             live = Liveness(me=me, mine=mine, kernels=kernels, dead=dead, now=time.time())
-            ledger = ledger.pruned(live)
+            stale = ledger.stale(live)
+            if stale:
+                log.info(
+                    "per-user caps: user %r: dropped %d claim(s) that hold nothing any more "
+                    "(kernel gone, and its replica too or done with it): %s",
+                    username,
+                    len(stale),
+                    ", ".join(sorted(stale)),
+                )
+                ledger = ledger.pruned(live)
             held = ledger.usage(self.running(username))
             check_user_limits(self.config, username, held, claim.resources)
             return ledger.holding(claim.kernel_id, entry)
