@@ -23,7 +23,6 @@ from typing import Protocol
 
 from raygate.config import GatewayConfig
 from raygate.errors import APIError
-from raygate.launchers import Launcher
 from raygate.resources import ResourceRequest
 from raygate.users import Usage, check_user_limits
 
@@ -259,9 +258,17 @@ class SharedReservations(Reservations):
             self.in_flight.pop(kernel_id, None)
 
 
+class OffersLedger(Protocol):
+    """What :func:`reservations_for` needs of a launcher (``Launcher.ledger_store``)."""
+
+    kind: str
+
+    def ledger_store(self) -> LedgerStore | None: ...
+
+
 def reservations_for(
     config: GatewayConfig,
-    launchers: Mapping[str, Launcher],
+    launchers: Mapping[str, OffersLedger],
     running: Callable[[str | None], Mapping[str, ResourceRequest]],
 ) -> Reservations:
     """Where this gateway counts per-user caps: in the ledger store of the first launcher
