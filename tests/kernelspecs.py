@@ -48,27 +48,29 @@ def make_test_kernelspecs(root: str) -> str:
             "{connection_file}",
         ],
     )
-    # The first start finds its shell port taken (a process of this script holds it, as
+    # The first start finds one of its ports taken (a process of this script holds it, as
     # any other process could between the gateway choosing the port and the kernel binding
-    # it); later starts are plain ipykernels.
-    taken_once = os.path.join(root, "port-taken-once")
-    write_kernelspec(
-        root,
-        "port-taken",
-        [
-            sys.executable,
-            "-c",
-            "import json, os, socket, sys\n"
-            f"if not os.path.exists({taken_once!r}):\n"
-            f"    open({taken_once!r}, 'w').close()\n"
-            "    info = json.load(open(sys.argv[1]))\n"
-            "    holder = socket.socket()\n"
-            "    holder.bind((info['ip'], info['shell_port']))\n"
-            "    holder.listen()\n"
-            "    os.set_inheritable(holder.fileno(), True)\n"
-            "    os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])\n"
-            "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])",
-            "{connection_file}",
-        ],
-    )
+    # it); later starts are plain ipykernels. Shell: ipykernel exits; iopub: it hangs,
+    # serving nothing (its threads hold the process up).
+    for name, channel in (("port-taken", "shell"), ("iopub-taken", "iopub")):
+        taken_once = os.path.join(root, f"{name}-once")
+        write_kernelspec(
+            root,
+            name,
+            [
+                sys.executable,
+                "-c",
+                "import json, os, socket, sys\n"
+                f"if not os.path.exists({taken_once!r}):\n"
+                f"    open({taken_once!r}, 'w').close()\n"
+                "    info = json.load(open(sys.argv[1]))\n"
+                "    holder = socket.socket()\n"
+                f"    holder.bind((info['ip'], info['{channel}_port']))\n"
+                "    holder.listen()\n"
+                "    os.set_inheritable(holder.fileno(), True)\n"
+                "    os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])",
+                "{connection_file}",
+            ],
+        )
     return root

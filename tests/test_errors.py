@@ -117,10 +117,11 @@ def test_kernel_that_fails_to_start(gw: Gateway) -> None:
     assert_healthy(gw)
 
 
+@pytest.mark.parametrize("spec", ["port-taken", "iopub-taken"])
 async def test_kernel_whose_port_was_taken_is_started_again(
-    server: ServerProcess, gw: Gateway
+    server: ServerProcess, gw: Gateway, spec: str
 ) -> None:
-    kernel = gw.start_kernel("port-taken")
+    kernel = gw.start_kernel(spec)
     assert (await gw.run(kernel["id"], "print(6 * 7)")).stdout == "42\n"
     assert "a port it was given was taken first" in server.output()
 

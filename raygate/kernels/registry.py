@@ -13,7 +13,7 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,25 @@ class _Ids(Collection[str]):
 
     def __len__(self) -> int:
         return sum(map(len, self.groups))
+
+
+def _serving(handle: KernelHandle) -> Callable[[], Awaitable[bool]]:
+    """Liveness of a starting kernel for the readiness wait: alive, and not stuck on a port
+    another process took first. ipykernel that fails to bind keeps running without serving
+    (its started threads hold the process up), so its death cannot be waited for; its
+    output is read at most once a second."""
+    checked = time.monotonic()
+
+    async def serving() -> bool:
+        nonlocal checked
+        if not await handle.is_alive():
+            return False
+        if time.monotonic() - checked < 1.0:
+            return True
+        checked = time.monotonic()
+        return PORT_TAKEN not in await handle.failure_reason()
+
+    return serving
 
 
 def _observe_failures(start: Any) -> Any:
@@ -326,14 +345,14 @@ class KernelRegistry:
             raise APIError(503, f"Kernel {name} not started: {NO_FDS} ({exc})") from None
         remaining = request.launch_timeout - (time.monotonic() - started)
         try:
-            await channels.wait_for_ready(max(remaining, 1.0), handle.is_alive)
+            await channels.wait_for_ready(max(remaining, 1.0), _serving(handle))
         except Exception as exc:
             # A kernel still running when time ran out was slow (504); one that died failed.
             status = 504 if await handle.is_alive() else 500
             reason = await handle.failure_reason()
             channels.close_sockets()
             await handle.shutdown()
-            if status == 500 and PORT_TAKEN in reason and attempt < PORT_ATTEMPTS:
+            if PORT_TAKEN in reason and attempt < PORT_ATTEMPTS:
                 log.warning("kernel %s: a port it was given was taken first; again", name)
                 return await self.launch(launcher, request, observe, attempt + 1)
             detail = f"{exc}" + (f"\n{reason}" if reason else "")
