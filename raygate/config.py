@@ -10,13 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .kernels.prewarm import parse_prewarm
 from .settings import Choice, Integer, Items, Number, Parsed, Size, Text, setting
 
 
 def _prewarm(text: Any) -> dict[str, int]:
-    # The pool owns its syntax; imported here on use because the pool imports the registry.
-    from .kernels.pool import parse_prewarm
-
     return text if isinstance(text, dict) else parse_prewarm(str(text))
 
 

@@ -30,10 +30,19 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .limits import KernelLimits
+
+class KernelLimits(Protocol):
+    """What a cgroup is made for (:class:`.limits.KernelLimits`; a Protocol here so that
+    this module, which limits.py imports, does not import it back)."""
+
+    @property
+    def memory(self) -> int | None: ...
+
+    @property
+    def cpus(self) -> float | None: ...
+
 
 CPU_PERIOD_US = 100_000
 """The CFS period: the CPU quota is granted per 100 ms."""

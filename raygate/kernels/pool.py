@@ -55,29 +55,6 @@ _PER_REQUEST = frozenset(
 encryption, ...) is fixed at launch and must match the request's."""
 
 
-def parse_prewarm(text: str) -> dict[str, int]:
-    """``python3=2,py-gpu=1`` as ``{"python3": 2, "py-gpu": 1}``; raises ValueError."""
-    sizes: dict[str, int] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, count = item.rpartition("=")
-        name = name.strip()
-        try:
-            size = int(count)
-        except ValueError:
-            size = -1
-        if not sep or not name or size < 1:
-            raise ValueError(
-                f"expected KERNELSPEC=N with N a positive number of kernels, not {item!r}"
-            )
-        if name in sizes:
-            raise ValueError(f"kernelspec {name!r} is named twice")
-        sizes[name] = size
-    return sizes
-
-
 def _shape(request: LaunchRequest) -> dict[str, Any]:
     """What a kernel is launched as and cannot change afterwards."""
     shape = {k: v for k, v in request.to_record().items() if k not in _PER_REQUEST}
