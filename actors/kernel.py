@@ -13,7 +13,12 @@ it and holds the resources as long as the kernel lives. The actor:
 * signals, interrupts, restarts (same ports, same id, resources kept) and stops it;
 * keeps the launch metadata so a gateway that starts later can serve the kernel again;
 * records an unexpected exit of the kernel in Ray's internal KV store, so the gateway
-  learns of it for every kernel at once with one query.
+  learns of it for every kernel at once with one query (the fact only: the reason, with
+  the kernel's last output, is the gateway's to ask for);
+* answers only calls of this deployment's gateways (:mod:`raygate.actors.calls`): every
+  method takes a signed ticket first and returns its result sealed to the gateway;
+* with ``--kernel-isolation users`` runs the kernel as its user's account (looked up on
+  this node) and gives it the cluster's address only when its kernelspec grants it.
 
 Messages never go through the actor: the gateway connects ZMQ straight to the kernel.
 """
@@ -27,7 +32,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from raygate.actors.calls import Verifier, guarded
 from raygate.launchers.kernelside.account import Account
+from raygate.launchers.kernelside.isolation import cluster_access, kernel_host_env
 from raygate.launchers.kernelside.keeper import KEEP_BYTES
 from raygate.launchers.kernelside.limits import KernelLimits
 from raygate.launchers.kernelside.process import describe_exit
@@ -64,24 +71,29 @@ class KernelActor:
         self.namespace = namespace
         self.kernel_id: str = meta["kernel_id"]
         self.spec: dict[str, Any] = meta["spec"]
+        self.calls = Verifier(meta.get("gateway_key"))
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
         self.gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
         self.assigned = {k: v for k, v in ctx.get_assigned_resources().items() if v}
         self.lock = threading.RLock()
-        account = meta.get("account")
+        account = Account.lookup(meta["account"]) if meta.get("account") else None
+        isolation = "users" if account else "none"
+        # ray.init() in the kernel joins this cluster, in a namespace of its own; isolated
+        # kernels only when granted (the token comes with the worker's environment).
+        granted = cluster_access((self.spec.get("metadata") or {}).get("raygate"), isolation)
         self.supervisor = KernelSupervisor(
             kernel_command(meta),
             ip=self.node_ip,
             # With Curve the secret key is made here and stays on this node.
             encryption=meta.get("encryption") or "none",
-            # ray.init() in the kernel joins this cluster, in a namespace of its own.
-            defaults={"RAY_ADDRESS": ctx.gcs_address},
+            defaults={"RAY_ADDRESS": ctx.gcs_address} if granted else {},
+            host_env=kernel_host_env(os.environ, account, granted),
             # Exactly the GPUs Ray assigned (none for a kernel that asked for none).
             assigned={"CUDA_VISIBLE_DEVICES": ",".join(self.gpu_ids)},
             keep_output_bytes=int(meta.get("keep_output_bytes", KEEP_BYTES)),
-            account=Account.from_dict(account) if account else None,
+            account=account,
             # Every kernel process is forked from this one thread, which lives as long as
             # the actor: PR_SET_PDEATHSIG fires when the forking *thread* exits.
             spawner=ThreadPoolExecutor(1, thread_name_prefix="kernel-spawner"),
@@ -100,9 +112,10 @@ class KernelActor:
         try:
             from raygate.launchers.ray import cluster
 
+            # Any driver reads the KV store: the fact of the exit, not the output's tail.
             cluster.kv_put(
                 exit_key(self.namespace, self.kernel_id),
-                reason.encode(),
+                reason.split(":", 1)[0].encode(),
                 EXIT_KV_NAMESPACE,
             )
         except Exception:
@@ -118,8 +131,12 @@ class KernelActor:
 
     # -- what the gateway calls -------------------------------------------------------
 
+    @guarded
     def describe(self) -> dict[str, Any]:
         """Everything the gateway needs to serve this kernel, now or after a restart."""
+        return self._describe()
+
+    def _describe(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
             "connection": self.connection,
@@ -134,6 +151,7 @@ class KernelActor:
             },
         }
 
+    @guarded
     def assign(self, update: dict[str, Any]) -> None:
         """Record the start request a warm kernel now serves (its user, env, working
         directory): what later gateways read, and what a restart starts the kernel with."""
@@ -141,6 +159,7 @@ class KernelActor:
             self.meta = {**self.meta, **update}
             self.supervisor.command = kernel_command(self.meta)
 
+    @guarded
     def poll(self) -> dict[str, Any]:
         code = self.supervisor.returncode()
         alive = self.supervisor.alive()
@@ -148,13 +167,15 @@ class KernelActor:
             return {"alive": True, "reason": describe_exit(None)}
         return {"alive": False, "reason": self.supervisor.exit_reason() or describe_exit(code)}
 
+    @guarded
     def signal(self, signum: int) -> None:
         self.supervisor.signal(signum)
 
+    @guarded
     def interrupt(self) -> None:
         """Interrupt the kernel as its kernelspec says: SIGINT, or a control message."""
         if self.spec.get("interrupt_mode") != "message":
-            self.signal(signal.SIGINT)
+            self.supervisor.signal(signal.SIGINT)
             return
         import zmq
         from jupyter_client.session import Session
@@ -172,27 +193,32 @@ class KernelActor:
         finally:
             sock.close()
 
+    @guarded
     def restart(self) -> dict[str, Any]:
         """A fresh kernel process on the same ports; returns :meth:`describe`."""
         asyncio.run(self.supervisor.restart())
         self._clear_exit_notice()
-        return self.describe()
+        return self._describe()
 
+    @guarded
     def kept_output(self, after: list[str]) -> list[list[bytes]] | None:
         """The kernel's iopub messages after the oldest of ``after`` still kept (all kept
         when none is), as raw frames; None without a keeper."""
         kept = self.supervisor.kept_output(after)
         return None if kept is None else kept[0]
 
+    @guarded
     def stop(self) -> None:
         """Stop the kernel process but keep the actor (and its resources) for a restart."""
         asyncio.run(self.supervisor.stop())
 
+    @guarded
     def shutdown(self) -> None:
         asyncio.run(self.supervisor.stop())
         self.supervisor.close()
         self._clear_exit_notice()
 
+    @guarded
     def failure_reason(self) -> str:
         return self.supervisor.exit_reason()
 

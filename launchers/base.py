@@ -133,6 +133,9 @@ class KernelSpecMetadata:
     """Users who may start it (empty: anyone the gateway's own lists let through)."""
     deny_users: tuple[str, ...] = ()
     runtime_env: dict[str, Any] | None = None
+    cluster_access: bool = False
+    """``cluster_access`` (or ``ray_access``): under ``--kernel-isolation users`` its kernels
+    get their cluster's credentials (:mod:`raygate.launchers.kernelside.isolation`)."""
     """Ray's ``runtime_env`` for the kernel's actor (Ray launcher)."""
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Every other key whose value is an object: launchers' own blocks, by name."""
@@ -152,7 +155,13 @@ class KernelSpecMetadata:
         runtime_env = data.get("runtime_env") or None
         if runtime_env is not None:
             runtime_env = _object(runtime_env, "metadata.raygate.runtime_env", "runtime_env")
-        typed = {"launcher", "resources", "allow_users", "deny_users", "runtime_env"}
+        access = {k: data.get(k) for k in ("cluster_access", "ray_access") if k in data}
+        for key, value in access.items():
+            if not isinstance(value, bool):
+                raise InvalidKernelSpecMetadata(
+                    f"metadata.raygate.{key} must be true or false, not {value!r}"
+                )
+        typed = {"launcher", "resources", "allow_users", "deny_users", "runtime_env", *access}
         sections = {}
         for key, value in data.items():
             if key not in typed and value is not None:
@@ -163,6 +172,7 @@ class KernelSpecMetadata:
             allow_users=tuple(name_list(data.get("allow_users"))),
             deny_users=tuple(name_list(data.get("deny_users"))),
             runtime_env=runtime_env,
+            cluster_access=any(access.values()),
             sections=sections,
         )
 
@@ -233,6 +243,9 @@ class LaunchRequest:
     servers (see :func:`raygate.launchers.kernelside.process.write_connection_file`); ``"none"``: plain."""
     pooled: bool = False
     """A warm kernel waiting in a gateway's pool: no user's yet, so discovery skips it."""
+    account: str | None = None
+    """``--kernel-isolation users``: the OS account the kernel runs as (resolved again on the
+    host where it runs); None: as the launcher's own account."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):  # e.g. read back from an old record

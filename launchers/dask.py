@@ -224,6 +224,9 @@ class DaskLauncher(RemoteLauncher):
         report_host = self.report_address or get_ip(_worker_host(address))
         placement = {"launcher": self.kind, "scheduler": address, "resources": resources}
         settings = self.bootstrap_settings(request, secret, report_host, placement)
+        if settings["cluster_access"]:
+            # distributed.Client() in the kernel joins this cluster, as ray.init() does Ray's.
+            settings["env"].setdefault("DASK_SCHEDULER_ADDRESS", address)
         settings["report"]["timeout"] = max(5.0, request.launch_timeout)
         key = f"raygate-kernel-{request.kernel_id}"
         report = self.listener.expect(request.kernel_id, secret)

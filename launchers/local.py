@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import tempfile
+
+from raygate.launchers.kernelside.isolation import cluster_access, kernel_host_env
 
 from .base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
 from .kernelside.account import Account, AccountError
@@ -70,6 +73,9 @@ class LocalLauncher(Launcher):
 
     async def start(self) -> None:
         self.runtime_dir = tempfile.mkdtemp(prefix="raygate-local-")
+        # Kernels run as other accounts reach their own 0700 directories in it; nobody may
+        # list it.
+        os.chmod(self.runtime_dir, 0o711)
 
     async def close(self) -> None:
         if self.runtime_dir:
@@ -77,18 +83,23 @@ class LocalLauncher(Launcher):
 
     def account_for(self, request: LaunchRequest) -> Account | None:
         """The OS account the request's kernel runs as; None (the default): the gateway's
-        own. The hook where per-user isolation (issue 18) names the user's account."""
-        return None
+        own. With ``--kernel-isolation users``, the request's account on this host."""
+        return Account.lookup(request.account) if request.account else None
 
     async def launch(self, request: LaunchRequest) -> KernelHandle:
         if not self.runtime_dir:
             await self.start()
         try:
+            account = self.account_for(request)
+            granted = cluster_access(
+                request.spec.metadata.get("raygate"), "users" if account else "none"
+            )
             supervisor = KernelSupervisor(
                 kernel_command(request),
                 ip=self.ip,
                 encryption=request.encryption,
-                account=self.account_for(request),
+                account=account,
+                host_env=kernel_host_env(os.environ, account, granted),
                 runtime_root=self.runtime_dir,
                 limits=KernelLimits.from_resources(request.resources),
             )

@@ -255,6 +255,8 @@ class SSHLauncher(RemoteLauncher):
         return hosts[start:] + hosts[:start]
 
     def _user(self, host: SSHHost, request: LaunchRequest) -> str:
+        if request.account:
+            return request.account  # --kernel-isolation users: the user's own account
         if self.user_from_request and request.username:
             if not _USERNAME.match(request.username):
                 raise KernelStartError(

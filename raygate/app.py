@@ -22,6 +22,7 @@ from .config import GatewayConfig
 from .errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from .handlers import api, channels, health, kernels, kernelspecs, sessions, status
 from .handlers import metrics as metrics_handler
+from .isolation import check_config as check_isolation
 from .kernels.registry import KernelRegistry
 from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
@@ -133,12 +134,14 @@ def create_app(
     """The gateway's app; ``settings``: every setting's value by name (``raygate serve``
     passes what it parsed), of which the launchers' reach the launchers."""
     config = config or GatewayConfig()
+    check_isolation(config.kernel_isolation, config.users_file, config.user_header, config.prewarm)
     # A bad users file is a ValueError here (UsersFileError), reported by `serve` as such.
     users = UsersFile(config.users_file) if config.users_file else None
     specs = KernelSpecs(config.default_kernel_name, config.kernelspec_dirs)
     launchers = launchers if launchers is not None else default_launchers(config, settings)
     check_launcher_kinds(config, specs, launchers)
     registry = KernelRegistry(config, specs, launchers)
+    registry.admission.accounts = users
     metrics = GatewayMetrics(registry)
     registry.observer = metrics
 

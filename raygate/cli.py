@@ -149,12 +149,12 @@ def run_serve(**options: Any) -> None:
 
     from .app import create_app
 
-    if options["kernel_encryption"] == "curve" and not zmq.has("curve"):
+    config = GatewayConfig(**{s.name: options[s.name] for s in declared(GatewayConfig)})
+    if config.kernel_encryption == "curve" and not zmq.has("curve"):
         raise click.BadParameter(
             "this pyzmq has no CurveZMQ support (libzmq built without libsodium)",
             param_hint="--kernel-encryption",
         )
-    config = GatewayConfig(**{s.name: options[s.name] for s in declared(GatewayConfig)})
     configure_logging(config.log_level, config.log_format.lower())
     log_capacity(*raise_open_files_limit())  # each kernel holds ~8 fds in the gateway
     tls = tls_options(config)

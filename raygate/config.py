@@ -18,6 +18,13 @@ def _prewarm(text: Any) -> dict[str, int]:
     return text if isinstance(text, dict) else parse_prewarm(str(text))
 
 
+def _encryption(text: Any) -> str:
+    value = str(text or "").strip().lower()
+    if value not in ("", "none", "curve"):
+        raise ValueError(f"{text!r} is not one of 'none', 'curve'")
+    return value
+
+
 _USERS = Items(",")
 """Usernames: a TOML list, or comma-separated."""
 
@@ -211,13 +218,26 @@ class GatewayConfig:
         Number(min=0),
     )
     kernel_encryption: str = setting(
-        "none",
+        "",
         "curve: encrypt kernel traffic between the gateway and kernels with CurveZMQ "
         "(keys made on each kernel's host; the kernel must support it, as ipykernel 7.4+ does).",
-        Choice(("none", "curve"), case_sensitive=False),
+        Parsed(
+            _encryption, show="none; curve with --kernel-isolation users", metavar="[none|curve]"
+        ),
     )
     """``curve``: kernels started by this gateway are CurveZMQ servers (keys made on the
-    kernel's host) and the gateway talks to them as a Curve client; ``none``: plain ZMQ."""
+    kernel's host) and the gateway talks to them as a Curve client; ``none``: plain ZMQ.
+    Empty: ``curve`` with ``kernel_isolation = "users"``, else ``none``."""
+    kernel_isolation: str = setting(
+        "none",
+        "users: each kernel runs as its user's own OS account (named like the user, or as "
+        "the users file says), owns its files, speaks CurveZMQ and gets no cluster "
+        "credentials its kernelspec does not grant; needs --users-file or --user-header "
+        "(docs/security.md). none: kernels run as raygate's account, for one team that "
+        "trusts each other.",
+        Choice(("none", "users"), case_sensitive=False),
+    )
+    """(raygate/isolation.py)"""
     log_level: str = setting(
         "info",
         "Log verbosity.",
@@ -234,5 +254,7 @@ class GatewayConfig:
     monitor_interval: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.kernel_encryption:
+            self.kernel_encryption = "curve" if self.kernel_isolation == "users" else "none"
         base = "/" + self.base_url.strip("/")
         self.base_url = base if base == "/" else base + "/"

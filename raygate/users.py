@@ -46,8 +46,19 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def read_users_file(path: str) -> dict[str, str]:
-    """Token -> username from a TOML or JSON file (``.json``: JSON, else TOML)."""
+@dataclass(frozen=True)
+class UsersTable:
+    """What a users file says: who each token is, and the OS account a user's kernels run
+    as under ``--kernel-isolation users`` (raygate/isolation.py) when it is not the user's
+    own name."""
+
+    tokens: dict[str, str]
+    accounts: dict[str, str]
+
+
+def read_users_file(path: str) -> UsersTable:
+    """A users file (``.json``: JSON, else TOML): plain ``"token" = "username"`` entries,
+    and/or a per-user table, ``[users.alice]`` with an optional ``token`` and ``account``."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -59,14 +70,29 @@ def read_users_file(path: str) -> dict[str, str]:
         raise UsersFileError(f"users file {path} is malformed: {exc}") from None
     if not isinstance(data, dict):
         raise UsersFileError(f"users file {path} must map tokens to usernames")
-    users = {}
+    tokens: dict[str, str] = {}
+    accounts: dict[str, str] = {}
+    table = data.pop("users", None) if isinstance(data.get("users"), dict) else None
     for token, name in data.items():
         if not isinstance(name, str) or not name.strip() or not token.strip():
             raise UsersFileError(
                 f'users file {path}: every entry must be "token" = "username" (both non-empty)'
+                ", or a [users.NAME] table"
             )
-        users[token.strip()] = name.strip()
-    return users
+        tokens[token.strip()] = name.strip()
+    for name, entry in (table or {}).items():
+        where = f"users file {path}, [users.{name}]"
+        if not isinstance(entry, dict) or set(entry) - {"token", "account"}:
+            raise UsersFileError(f"{where}: only 'token' and 'account' may be set")
+        for key in ("token", "account"):
+            value = entry.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UsersFileError(f"{where}: {key} must be a non-empty string")
+        if entry.get("token"):
+            tokens[entry["token"].strip()] = name.strip()
+        if entry.get("account"):
+            accounts[name.strip()] = entry["account"].strip()
+    return UsersTable(tokens, accounts)
 
 
 class UsersFile:
@@ -76,6 +102,7 @@ class UsersFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._by_digest: dict[bytes, str] = {}
+        self._accounts: dict[str, str] = {}
         self._stamp: tuple[float, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -91,9 +118,10 @@ class UsersFile:
     def _load(self) -> None:
         stamp = self._file_stamp()
         users = read_users_file(self.path)
-        self._by_digest = {_digest(token): name for token, name in users.items()}
+        self._by_digest = {_digest(token): name for token, name in users.tokens.items()}
+        self._accounts = dict(users.accounts)
         self._stamp = stamp
-        log.info("users file %s: %d token(s)", self.path, len(users))
+        log.info("users file %s: %d token(s)", self.path, len(users.tokens))
 
     def reload(self) -> None:
         with self._lock:
@@ -115,6 +143,11 @@ class UsersFile:
         """The user whose token this is; None when it is nobody's."""
         self._reload_if_changed()
         return self._by_digest.get(_digest(token))
+
+    def account_for(self, user: str) -> str | None:
+        """The OS account the file names for ``user`` (None: it names none)."""
+        self._reload_if_changed()
+        return self._accounts.get(user)
 
     def __len__(self) -> int:
         return len(self._by_digest)

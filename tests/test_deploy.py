@@ -438,6 +438,45 @@ def test_role_grants_exactly_what_the_kubernetes_launcher_calls(built) -> None:
     )
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_only_the_gateway_reaches_kernel_pods(built) -> None:
+    """The NetworkPolicy selects every kernel pod as the kubernetes launcher labels it (not
+    the gateway), and lets in the gateway's pods only: not kernels, not other pods."""
+    from raygate.launchers.kubernetes import KERNEL_ID_LABEL, MANAGED_BY
+
+    objs = built["."]
+    policy = find(objs, "NetworkPolicy", "raygate-kernels")
+    spec = policy["spec"]
+    gateway_labels = find(objs, "Deployment", "raygate")["spec"]["template"]["metadata"]["labels"]
+    kernel_labels = {MANAGED_BY: "raygate", KERNEL_ID_LABEL: "0f6a", "app": "anything"}
+    assert _selects(spec["podSelector"], kernel_labels)
+    assert not _selects(spec["podSelector"], gateway_labels)
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # this namespace's pods only
+    assert _selects(peer["podSelector"], gateway_labels)
+    assert not _selects(peer["podSelector"], kernel_labels)
+    assert not _selects(peer["podSelector"], {"app.kubernetes.io/name": "raygate"})
+    assert "ports" not in rule  # kernels' ports are chosen at start: any port, gateway only
+
+
 def test_kuberay_overlay_wiring(built) -> None:
     objs = built["overlays/kuberay"]
     cluster = find(objs, "RayCluster")

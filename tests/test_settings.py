@@ -37,6 +37,8 @@ SETTINGS_BEFORE = [
     "k8s_allowed_claims", "k8s_allowed_uids", "k8s_allowed_gids",
     # added by the kernel limits
     "kernel_memory_limit_default", "kernel_cpus_limit_default",
+    # added by tenant isolation
+    "kernel_isolation", "gateway_key_file",
 ]  # fmt: skip
 FLAGS_BEFORE = {
     "cull_connected", "cull_busy", "ws_compression", "ssh_user_from_request",

@@ -70,6 +70,7 @@ from ..wire import (
     write_frame,
 )
 from .account import Account, AccountError
+from .isolation import kernel_host_env
 from .keeper import KEEP_BYTES
 from .limits import KernelLimits
 from .process import tail
@@ -165,13 +166,20 @@ class Bootstrap:
         self.bind, self.advertise = bind_and_advertise(config)
         self.linger = float(config.get("linger", 60.0))
         try:
-            account = Account.from_dict(config["account"]) if config.get("account") else None
+            # An account by name (--kernel-isolation users) is looked up on this host.
+            named = config.get("account")
+            account = (
+                (Account.lookup(named) if isinstance(named, str) else Account.from_dict(named))
+                if named
+                else None
+            )
             self.supervisor = KernelSupervisor(
                 kernel_command(config),
                 ip=self.bind,
                 encryption=config.get("encryption") or "none",
                 keep_output_bytes=int(config.get("keep_output_bytes", KEEP_BYTES)),
                 account=account,
+                host_env=kernel_host_env(os.environ, account, bool(config.get("cluster_access"))),
                 runtime_root=runtime_dir,
                 limits=KernelLimits.from_dict(config.get("limits")),
             )
@@ -458,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
     runtime_dir = tempfile.mkdtemp(prefix=f"raygate-kernel-{config['kernel_id'][:8]}-")
+    # A kernel run as another account reaches its own 0700 directory in it; nobody may list
+    # it, and the bootstrap's own files in it are 0600.
+    os.chmod(runtime_dir, 0o711)
     if args.detach:
         return _detach(config, runtime_dir)
     try:

@@ -48,7 +48,7 @@ class RayKernel(KernelHandle):
         return cluster.actor_id(self.actor)
 
     async def _call(self, method: str, *args: Any, timeout: float | None = 30.0) -> Any:
-        return await get(getattr(self.actor, method).remote(*args), timeout)
+        return await self.launcher.ask(self.actor, self.kernel_id, method, *args, timeout=timeout)
 
     async def is_alive(self) -> bool:
         import ray

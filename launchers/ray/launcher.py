@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from raygate.actors.calls import GatewayKey, read_or_make_key
 from raygate.settings import Number, setting
 
 from ..base import (
@@ -30,6 +31,7 @@ from ..base import (
     LaunchRequest,
 )
 from ..kernelside.keeper import KEEP_BYTES
+from ..remote.state import default_state_dir
 from . import cluster
 from .handle import RayKernel, get
 from .ledger import RayLedgerStore
@@ -138,6 +140,13 @@ class RaySettings:
         "File with the Ray cluster's auth token, for clusters with token authentication "
         "(or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).",
     )
+    gateway_key_file: str = setting(
+        "",
+        "Key this deployment's gateway replicas share (give all of them the same file): Ray "
+        "kernel actors answer only calls signed with it (docs/security.md). Default: "
+        "gateway-key in the state directory, made if missing.",
+        show_default=False,
+    )
 
 
 class RayLauncher(Launcher):
@@ -157,8 +166,12 @@ class RayLauncher(Launcher):
         eager: bool = True,
         warm_workers: bool = True,
         keep_output_bytes: int = KEEP_BYTES,
+        gateway_key_file: str = "",
     ) -> None:
         self.address = address
+        self.gateway_key_file = gateway_key_file or os.path.join(default_state_dir(), "gateway-key")
+        """The deployment key its kernel actors answer to (:mod:`raygate.actors.calls`)."""
+        self._key: GatewayKey | None = None
         self.namespace = namespace
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -188,9 +201,25 @@ class RayLauncher(Launcher):
             # A gateway whose kernels mostly run elsewhere starts its local Ray on demand.
             eager=bool(settings.ray_address) or gateway.default_launcher == cls.kind,
             keep_output_bytes=gateway.replay_buffer_bytes,
+            gateway_key_file=settings.gateway_key_file
+            or (os.path.join(gateway.state_dir, "gateway-key") if gateway.state_dir else ""),
         )
 
     # -- connection --------------------------------------------------------------------
+
+    @property
+    def key(self) -> GatewayKey:
+        if self._key is None:
+            self._key = GatewayKey(read_or_make_key(self.gateway_key_file))
+        return self._key
+
+    async def ask(
+        self, actor: Any, kernel_id: str, method: str, *args: Any, timeout: float | None = 30.0
+    ) -> Any:
+        """Call a kernel actor's method with a ticket of this deployment; its sealed
+        reply, opened. Called by :class:`RayKernel` and when kernels are (re)found."""
+        ticket = self.key.ticket(method, kernel_id, args)
+        return self.key.open(await get(getattr(actor, method).remote(ticket, *args), timeout))
 
     async def start(self) -> None:
         if self.eager:
@@ -271,6 +300,7 @@ class RayLauncher(Launcher):
         return {
             **request.to_record(),
             "keep_output_bytes": self.keep_output_bytes,
+            "gateway_key": self.key.public(),
             "created": datetime.now(UTC).isoformat(),
         }
 
@@ -290,7 +320,7 @@ class RayLauncher(Launcher):
         # Answer before the registry's own launch timeout does, with a better message.
         budget = max(1.0, request.launch_timeout - 1.0)
         try:
-            info = await get(actor.describe.remote(), budget)
+            info = await self.ask(actor, request.kernel_id, "describe", timeout=budget)
         except TimeoutError:
             message = self._still_waiting(actor, options, budget)
             self._kill(actor)
@@ -447,7 +477,7 @@ class RayLauncher(Launcher):
             try:
                 actor = await asyncio.to_thread(ray.get_actor, name, self.namespace)
                 # Actors still starting (or not ours) do not answer in time: next round.
-                info = await get(actor.describe.remote(), 5.0)
+                info = await self.ask(actor, name, "describe", timeout=5.0)
                 if info["meta"].get("pooled"):
                     return None  # a warm kernel of some gateway's pool: nobody's to serve
                 return self._handle(actor, info, LaunchRequest.from_record(info["meta"]))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from raygate.settings import Integer, setting
 
 from ..base import ConnectionInfo, KernelHandle, KernelStartError, Launcher, LaunchRequest
+from ..kernelside.isolation import cluster_access
 from ..kernelside.keeper import message_id
 from ..kernelside.limits import KernelLimits
 from ..wire import ChannelError, control_request, decode_secret, encode_secret
@@ -299,6 +300,10 @@ class RemoteLauncher(Launcher):
             "encryption": request.encryption,
             # Enforced by the kernel's supervisor there (kernelside.limits).
             "limits": KernelLimits.from_resources(request.resources).to_dict(),
+            "account": request.account,
+            "cluster_access": cluster_access(
+                request.spec.metadata.get("raygate"), "users" if request.account else "none"
+            ),
             **extra,
         }
 

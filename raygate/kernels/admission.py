@@ -20,6 +20,7 @@ from typing import Any
 from raygate.config import GatewayConfig
 from raygate.env import parse_timeout, validate_env
 from raygate.errors import APIError
+from raygate.isolation import AccountSource, admit
 from raygate.kernelspecs import KernelSpecs, NoSuchKernel
 from raygate.launchers import KernelSpecInfo, Launcher, LaunchRequest
 from raygate.launchers.base import InvalidKernelSpecMetadata
@@ -65,6 +66,8 @@ class Admission:
         self.reservations = reservations
         self.running = running
         self._starting: set[str] = set()
+        self.accounts: AccountSource | None = None
+        """Accounts the users file names per user (``--kernel-isolation users``)."""
 
     # -- the parts, each also used on its own ---------------------------------------------
 
@@ -150,6 +153,7 @@ class Admission:
         )
         launcher = self.launcher_for(spec)
         check_allowed(self.config, username, name, spec.raygate)
+        account = admit(self.config.kernel_isolation, user, self.accounts)
         # Counted before the first await, so concurrent starts cannot overshoot the limit.
         limit = self.config.max_kernels
         if limit and self.running() + self.starting >= limit:
@@ -173,6 +177,7 @@ class Admission:
             cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
             resources=resources,
             encryption=self.config.kernel_encryption,
+            account=account,
         )
         return Admitted(request, launcher)
 
