@@ -220,10 +220,9 @@ class GatewayConfig:
     kernel_encryption: str = setting(
         "",
         "curve: encrypt kernel traffic between the gateway and kernels with CurveZMQ "
-        "(keys made on each kernel's host; the kernel must support it, as ipykernel 7.4+ does).",
-        Parsed(
-            _encryption, show="none; curve with --kernel-isolation users", metavar="[none|curve]"
-        ),
+        "(keys made on each kernel's host; the kernel must support it, as ipykernel 7.4+ does). "
+        "Default: none, or curve with --kernel-isolation users.",
+        Parsed(_encryption, metavar="[none|curve]"),
     )
     """``curve``: kernels started by this gateway are CurveZMQ servers (keys made on the
     kernel's host) and the gateway talks to them as a Curve client; ``none``: plain ZMQ.

@@ -458,7 +458,7 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def test_only_the_gateway_reaches_kernel_pods(built) -> None:
     """The NetworkPolicy selects every kernel pod as the kubernetes launcher labels it (not
     the gateway), and lets in the gateway's pods only: not kernels, not other pods."""
-    from raygate.launchers.kubernetes import KERNEL_ID_LABEL, MANAGED_BY
+    from raygate.launchers.kubernetes.pod import KERNEL_ID_LABEL, MANAGED_BY
 
     objs = built["."]
     policy = find(objs, "NetworkPolicy", "raygate-kernels")
