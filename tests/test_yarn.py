@@ -14,6 +14,7 @@ import asyncio
 import getpass
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,6 +56,13 @@ def yarn_args(yarn_rm: str, tmp_path_factory: pytest.TempPathFactory) -> list[st
     specs = str(root / "kernelspecs")
     write_kernelspec(
         specs, "yarn-python", ipykernel_argv(), metadata={"raygate": {"launcher": "yarn"}}
+    )
+    # placed and running, but never answers: a kernel too slow for its launch timeout
+    write_kernelspec(
+        specs,
+        "yarn-silent",
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        metadata={"raygate": {"launcher": "yarn"}},
     )
     return [
         "--kernelspec-dirs",
@@ -101,9 +109,11 @@ def wait_state(yarn_rm: str, app_id: str, state: str, timeout: float = 10) -> di
         time.sleep(0.1)
 
 
-def start_fails(gw: Gateway, env: dict[str, str], status: int, within: float) -> str:
+def start_fails(
+    gw: Gateway, env: dict[str, str], status: int, within: float, name: str = "yarn-python"
+) -> str:
     started = time.monotonic()
-    r = gw.post("/api/kernels", json={"name": "yarn-python", "env": env})
+    r = gw.post("/api/kernels", json={"name": name, "env": env})
     assert r.status_code == status, r.text
     assert time.monotonic() - started < within
     return r.json()["message"]
@@ -187,8 +197,8 @@ def test_container_whose_kernel_does_not_report_in_time_is_a_504(
     """Placed (its AM container runs, the application still ACCEPTED as on a real RM) but
     too slow: a timeout of the kernel (504: its bootstrap or the kernel did not answer in
     time), not a want of capacity (503)."""
-    env = {"KERNEL_QUEUE": "kernels", "KERNEL_LAUNCH_TIMEOUT": "1"}
-    text = start_fails(yarn_gateway.client, env, 504, 8)
+    env = {"KERNEL_QUEUE": "kernels", "KERNEL_LAUNCH_TIMEOUT": "2"}
+    text = start_fails(yarn_gateway.client, env, 504, 10, name="yarn-silent")
     assert "did not" in text and "capacity" not in text and "stayed ACCEPTED" not in text
 
 
