@@ -243,15 +243,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "serial: sensitive to the load of other tests (many kernels, memory growth); .ci/run "
         "runs these after the others, alone",
     )
+    config.addinivalue_line(
+        "markers",
+        "ray: starts Ray (the session's test cluster, or an embedded Ray); .ci/run runs these "
+        "first, alone, as Ray's own start-up gives up after 30 s on a busy machine",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup``, every test of the session's Ray cluster runs
-    on one worker, so one cluster serves them all (before xdist reads the groups)."""
+    on one worker, so one cluster serves them all (before xdist reads the groups); they are
+    all marked ``ray`` (before ``-m`` selects)."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray-cluster"))
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")

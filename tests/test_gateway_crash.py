@@ -112,7 +112,7 @@ KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "yarn": 0.05}
 
 @pytest.fixture(
     params=[
-        pytest.param("ray", marks=pytest.mark.xdist_group("ray-cluster")),
+        pytest.param("ray", marks=[pytest.mark.xdist_group("ray-cluster"), pytest.mark.ray]),
         "ssh",
         "dask",
         "yarn",

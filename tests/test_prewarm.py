@@ -260,6 +260,7 @@ async def test_ray_pool_kernels_go_with_the_gateway(ray_cluster, specs: str) -> 
             later.stop()
 
 
+@pytest.mark.ray
 async def test_embedded_ray_pool(start_server: Callable[..., ServerProcess], specs: str) -> None:
     """Warm Ray kernels: the env reaches them, again after a restart (the actor restarts
     the kernel with the env it was launched with), and SIGTERM leaves no process behind."""

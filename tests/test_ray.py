@@ -367,6 +367,7 @@ async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> N
         b.stop()
 
 
+@pytest.mark.ray
 def test_embedded_ray_kernels_stop_with_the_gateway(start_server) -> None:
     """``raygate serve`` with no Ray address starts a Ray of its own; SIGTERM stops the
     gateway, its kernels and that Ray, leaving no process behind."""

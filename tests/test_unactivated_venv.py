@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import TOKEN, free_port
 from kgclient import Gateway
@@ -27,6 +28,8 @@ STOCK_PYTHON3 = {  # ipykernel's own share/jupyter/kernels/python3/kernel.json
     "metadata": {"debugger": True},
 }
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.ray  # an embedded Ray
 
 
 def make_venv(root: Path) -> Path:
