@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..base import ConnectionInfo, KernelHandle, KernelStartError, LaunchRequest
 from . import cluster
 from .placement import death_reason
 
-if TYPE_CHECKING:
-    from .launcher import RayLauncher
+
+class ActorCalls(Protocol):
+    """What a kernel handle needs of the launcher that made it (:class:`.launcher.RayLauncher`;
+    a Protocol so that this module, which the launcher imports, does not import it back)."""
+
+    async def ask(
+        self, actor: Any, kernel_id: str, method: str, *args: Any, timeout: float | None = 30.0
+    ) -> Any: ...
+
+    def forget_exit(self, kernel_id: str) -> None: ...
 
 
 async def get(ref: Any, timeout: float | None = None) -> Any:
@@ -31,7 +39,7 @@ class RayKernel(KernelHandle):
 
     def __init__(
         self,
-        launcher: RayLauncher,
+        launcher: ActorCalls,
         request: LaunchRequest,
         connection: ConnectionInfo,
         actor: Any,
