@@ -183,7 +183,7 @@ class KernelActor:
         from raygate.launchers.base import ConnectionInfo
 
         session = Session(key=self.connection["key"].encode())
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 1000
         ConnectionInfo.from_dict(self.connection).secure(sock)

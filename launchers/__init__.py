@@ -51,8 +51,8 @@ def _load(ep: EntryPoint) -> type[Launcher] | None:
     try:
         cls = ep.load()
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if _is_own(ep) and missing != "raygate":
+        top = (exc.name or "").partition(".")[0]
+        if _is_own(ep) and top != "raygate":
             log.debug("launcher %s not offered: %s is not installed", ep.name, exc.name)
             return None
         raise LauncherError(

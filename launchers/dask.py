@@ -206,6 +206,7 @@ class DaskLauncher(RemoteLauncher):
                 status=400,
             )
         client = await self._client(address)
+        assert client.scheduler is not None  # _client answers a running client
         workers = (await client.scheduler.identity(n_workers=-1)).get("workers", {})
         resources = self.dask_resources(requested_resources(request), workers)
         if workers and resources:
@@ -281,6 +282,7 @@ class DaskLauncher(RemoteLauncher):
     ) -> KernelStartError:
         try:
             # call stacks exist only for tasks a worker is executing, not for queued ones
+            assert client.scheduler is not None  # the client that submitted the kernel
             stacks = await client.scheduler.call_stack(keys=[key])
             running = any(key in (frames or {}) for frames in (stacks or {}).values())
         except Exception:

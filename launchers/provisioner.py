@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, Unicode
 
@@ -47,7 +48,7 @@ def _launcher(address: str, namespace: str, kernel_cpus: float) -> RayLauncher:
     return _launchers[key]
 
 
-class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class RayKernelProvisioner(KernelProvisionerBase):
     """Runs the kernel in a raygate kernel actor on a Ray cluster."""
 
     address = Unicode(
@@ -104,19 +105,19 @@ class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             encryption="none",  # see the module docstring
         )
 
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         try:
             if self.handle is not None:  # a restart: same actor, fresh kernel process
                 connection = await self.handle.restart()
                 self.handle.connection = connection
             else:
                 launcher = _launcher(self.address, self.namespace, self.kernel_cpus)
-                self.handle = await launcher.launch(self._request())  # type: ignore[assignment]
+                self.handle = await launcher.launch(self._request())
                 connection = self.handle.connection
         except KernelStartError as exc:
             raise RuntimeError(f"raygate: the kernel could not start on Ray: {exc}") from None
-        info = connection.to_dict()
-        info["key"] = connection.key
+        # the connection file's fields, the key as text: what jupyter_client's type says
+        info = cast(KernelConnectionInfo, {**connection.to_dict(), "key": connection.key})
         self.connection_info = info
         return info
 
@@ -165,8 +166,8 @@ class RayKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         launcher = _launcher(self.address, self.namespace, self.kernel_cpus)
         await launcher.connect()
         for handle in await launcher.find_running():
-            if handle.kernel_id == str(self.kernel_id):
-                self.handle = handle  # type: ignore[assignment]
+            if isinstance(handle, RayKernel) and handle.kernel_id == str(self.kernel_id):
+                self.handle = handle
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 10.0)

@@ -383,7 +383,7 @@ class YarnLauncher(RemoteLauncher):
         adopted = {k.kernel_id for k in found}
         now = time.monotonic()
         for record in records:
-            kernel_id = record.get("kernel_id")
+            kernel_id = record.get("kernel_id", "")
             if kernel_id not in adopted and self._unreachable.get(kernel_id, 0) <= now:
                 app_id = (record.get("extra") or {}).get("application_id")
                 if app_id:

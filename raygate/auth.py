@@ -58,8 +58,12 @@ class TokenAuthMiddleware:
             token = presented_token(scope)
             if token is not None and self.users is not None:
                 user = self.users.user_for(token)
-            static = bool(self.token) and token is not None
-            if user is None and not (static and hmac.compare_digest(token.encode(), self.token)):
+            static = (
+                bool(self.token)
+                and token is not None
+                and hmac.compare_digest(token.encode(), self.token)
+            )
+            if user is None and not static:
                 return scope.get("path") in self.open_paths, None
         if user is None and self.user_header:
             user = header_user(scope, self.user_header)

@@ -68,9 +68,9 @@ def build_metadata(
     for key, value in (("cpus", cpus), ("cpus_limit", cpus_limit)):
         if value is not None:
             resources[key] = _number(value)
-    for key, value in (("memory", memory), ("memory_limit", memory_limit)):
-        if value is not None:
-            resources[key] = value.strip()
+    for key, size in (("memory", memory), ("memory_limit", memory_limit)):
+        if size is not None:
+            resources[key] = size.strip()
     for key, value in (("gpus", gpus), ("gpus_limit", gpus_limit)):
         if value is not None:
             resources[key] = _number(value)

@@ -206,7 +206,7 @@ class GatewayMetrics(RegistryObserver, Collector):
         yield held
 
         traffic = self.traffic()
-        for name, what, counts in (
+        for name, what, carried in (
             ("raygate_bridge_messages", "Jupyter messages", traffic.messages),
             ("raygate_bridge_bytes", "Bytes of Jupyter messages (all ZMQ frames)", traffic.bytes),
         ):
@@ -215,8 +215,8 @@ class GatewayMetrics(RegistryObserver, Collector):
                 f"{what} the bridge carried, by direction (to_kernel, from_kernel) and channel.",
                 labels=["direction", "channel"],
             )
-            for key, n in sorted(counts.items()):
-                family.add_metric(list(key), n)
+            for direction_channel, n in sorted(carried.items()):
+                family.add_metric(list(direction_channel), n)
             yield family
 
         current = GaugeMetricFamily(

@@ -97,7 +97,7 @@ def write_connection_file(path: str, ip: str, encryption: str = "none") -> dict[
 
     if encryption not in ENCRYPTIONS:
         raise ValueError(f"unknown kernel encryption {encryption!r} (known: {ENCRYPTIONS})")
-    curve: dict[str, bytes] = {}
+    curve: dict[str, Any] = {}
     if encryption == "curve":
         if not zmq.has("curve"):
             raise ValueError("this host's pyzmq has no CurveZMQ support (libzmq without libsodium)")
@@ -111,11 +111,11 @@ def write_connection_file(path: str, ip: str, encryption: str = "none") -> dict[
         signature_scheme="hmac-sha256",
         **curve,
     )
-    info = dict(info)
-    info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
-    info.pop("curve_secretkey", None)
-    info.pop("kernel_name", None)
-    return info
+    told: dict[str, Any] = dict(info)
+    told["key"] = told["key"].decode() if isinstance(told["key"], bytes) else told["key"]
+    told.pop("curve_secretkey", None)
+    told.pop("kernel_name", None)
+    return told
 
 
 def spawn_kernel(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 SERVICEACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-def api_exception() -> type[Exception]:
+def api_exception() -> type[ApiException]:
     """The client's API error class (for ``except``), imported on first use."""
     from kubernetes.client.rest import ApiException
 

@@ -238,7 +238,7 @@ def build_pod(
     container["resources"] = resources
     if selector:
         spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **selector}
-    ours = [
+    ours: list[dict[str, Any]] = [
         {"name": "RAYGATE_BOOTSTRAP_SETTINGS", "value": json.dumps(settings)},
         {
             "name": "RAYGATE_KERNEL_SECRET",

@@ -37,7 +37,7 @@ async def list_labelled(launcher: KubernetesLauncher, kind: str) -> list[dict[st
             listing = getattr(api, f"list_{kind}_for_all_namespaces")
             result = await launcher.call(listing, label_selector=SELECTOR)
             return launcher.as_dict(result).get("items") or []
-        items = []
+        items: list[dict[str, Any]] = []
         listing = getattr(api, f"list_namespaced_{kind}")
         for ns in sorted(namespaces):
             result = await launcher.call(listing, ns, label_selector=SELECTOR)

@@ -30,7 +30,8 @@ def reload_ray_settings() -> None:
     Ray caches them at import (``ray._raylet.Config``); called after the launcher set
     ``RAY_AUTH_MODE`` itself, before ``ray.init``.
     """
-    from ray._raylet import Config
+    # Config is defined in Cython; ray's stub of _raylet does not declare it
+    from ray._raylet import Config  # type: ignore[attr-defined]
 
     Config.initialize("")
 

@@ -99,7 +99,11 @@ def connect_ray(address: str = "", namespace: str = "raygate", **init_args: Any)
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
             cluster.reload_ray_settings()  # Ray caches its settings; make it see the mode
-        common = {"namespace": namespace, "log_to_driver": False, "logging_level": logging.WARNING}
+        common: dict[str, Any] = {
+            "namespace": namespace,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
         if address:
             ray.init(address=address, **common)
             return False
@@ -304,7 +308,7 @@ class RayLauncher(Launcher):
             "created": datetime.now(UTC).isoformat(),
         }
 
-    async def launch(self, request: LaunchRequest) -> KernelHandle:
+    async def launch(self, request: LaunchRequest) -> RayKernel:
         await self.connect()
         try:
             options = actor_options(request, self.namespace, self.kernel_cpus)

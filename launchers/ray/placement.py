@@ -51,6 +51,7 @@ def actor_options(
     elif res.strategy == "node":
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        assert res.node_id, "a node strategy names its node (raygate/resources.py parses it)"
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             node_id=res.node_id, soft=res.soft
         )

@@ -359,7 +359,7 @@ class RemoteLauncher(Launcher):
             for r in self.state.load(self.kind)
             if r.get("kernel_id") not in known
             and r.get("kernel_id") not in self.kernels
-            and self._unreachable.get(r.get("kernel_id"), 0) < now
+            and self._unreachable.get(r.get("kernel_id", ""), 0) < now
         ]
         return await self._probe_records(records, timeout=2.0)
 

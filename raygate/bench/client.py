@@ -18,13 +18,15 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
 
 try:  # the JSON library jupyter_client's Session prefers, so clients compare fairly
     from orjson import loads
 except ImportError:
-    from json import loads
+    # json's loads takes what orjson's does here (str or bytes); only its signature differs
+    from json import loads  # type: ignore[assignment]
 
-V1 = "v1.kernel.websocket.jupyter.org"
+V1 = Subprotocol("v1.kernel.websocket.jupyter.org")
 FRAMINGS = ("legacy", "v1")
 
 

@@ -128,7 +128,7 @@ async def run_servers(
             measured = await run
             for target, result, row, cpu in zip(targets, results, measured, before):
                 after = await target.probe.cpu_seconds()
-                row["gateway_cpu_s_total"] = None if cpu is None else after - cpu
+                row["gateway_cpu_s_total"] = None if cpu is None or after is None else after - cpu
                 result[name] = row
 
         if options.starts:

@@ -161,7 +161,7 @@ class KernelChannels:
         # futures cost more than the recv itself, so only an empty socket is awaited. Every
         # _READ_BATCH messages the loop yields, so that a flood of output cannot starve the
         # senders and the other kernels. copy=False leaves large frames in ZMQ's buffers.
-        shadow = zmq.Socket.shadow(sock.underlying)
+        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         batch = 0
         while True:
             try:

@@ -49,7 +49,7 @@ class Signer:
             h.update(part)
         return h.hexdigest().encode()
 
-    def verify(self, signature: bytes, parts: Sequence[Part]) -> bool:
+    def verify(self, signature: Part, parts: Sequence[Part]) -> bool:
         if self._prototype is None:
             return True
         return hmac.compare_digest(signature, self.sign(parts))
@@ -60,9 +60,9 @@ class Message:
     """One message as serialized parts, plus the parsed header the bridge routes by."""
 
     channel: str
-    parts: list[Part]
+    parts: Sequence[Part]
     """header, parent_header, metadata, content: JSON bytes exactly as received."""
-    buffers: list[Part] = field(default_factory=list)
+    buffers: Sequence[Part] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
     _parent: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -131,7 +131,7 @@ def from_zmq(channel: str, frames: list[Part], signer: Signer) -> Message:
     return Message(channel, parts, frames[start + 5 :], parse_header(parts[0]))
 
 
-def to_zmq(message: Message, signer: Signer) -> list[bytes]:
+def to_zmq(message: Message, signer: Signer) -> list[Part]:
     """Frames to send a message to a kernel's shell, control or stdin socket."""
     return [DELIMITER, signer.sign(message.parts), *message.parts, *message.buffers]
 

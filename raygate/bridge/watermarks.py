@@ -147,6 +147,7 @@ class Watermarks:
             slot = min(parked, key=lambda s: self._touched[s])
             del self._slots[next(n for n, s in self._slots.items() if s == slot)]
         at = HEADER_BYTES + slot * SLOT_BYTES
+        assert self._map is not None  # open() answered True above
         self._map[at : at + SLOT_BYTES] = bytes(SLOT_BYTES)
         self._map[at + _SESSION_AT : at + _SESSION_AT + len(name)] = name
         _SLOT_HEAD.pack_into(self._map, at, FREE, len(name), 0, 0.0, 0)

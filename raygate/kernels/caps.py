@@ -261,7 +261,9 @@ class SharedReservations(Reservations):
 class OffersLedger(Protocol):
     """What :func:`reservations_for` needs of a launcher (``Launcher.ledger_store``)."""
 
-    kind: str
+    # read-only, so that Launcher's ClassVar matches it
+    @property
+    def kind(self) -> str: ...
 
     def ledger_store(self) -> LedgerStore | None: ...
 

@@ -8,6 +8,7 @@ nothing of where kernels run; that is the launchers' business.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import itertools
 import logging
@@ -539,7 +540,8 @@ class KernelRegistry:
             period = min(period, warning / 2)
         return max(period, 0.1)
 
-    async def cull(self) -> list[str]:
+    # builtins.list: in this class, ``list`` is the method above
+    async def cull(self) -> builtins.list[str]:
         """Warn the clients of kernels that went without a message for nearly their timeout
         (idle or busy), and shut them down once the warning period has passed with no
         activity; returns the ids of the kernels shut down."""
