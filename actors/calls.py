@@ -223,7 +223,7 @@ def guarded(method: F) -> F:
 
     # Ray checks a call's arguments against the signature of the method it unwraps: no
     # __wrapped__ (which would lead it to the undecorated one), and a ticket first.
-    del call.__wrapped__  # type: ignore[attr-defined]
+    del call.__wrapped__
     params = list(inspect.signature(method).parameters.values())
     ticket = inspect.Parameter("ticket", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
     rest = [p.replace(default=None) if p.default is p.empty else p for p in params[1:]]

@@ -155,7 +155,9 @@ class KernelSpecMetadata:
         runtime_env = data.get("runtime_env") or None
         if runtime_env is not None:
             runtime_env = _object(runtime_env, "metadata.raygate.runtime_env", "runtime_env")
-        access = {k: data.get(k) for k in ("cluster_access", "ray_access") if k in data}
+        access: dict[str, Any] = {
+            k: data.get(k) for k in ("cluster_access", "ray_access") if k in data
+        }
         for key, value in access.items():
             if not isinstance(value, bool):
                 raise InvalidKernelSpecMetadata(
