@@ -248,10 +248,15 @@ class LaunchRequest:
     account: str | None = None
     """``--kernel-isolation users``: the OS account the kernel runs as (resolved again on the
     host where it runs); None: as the launcher's own account."""
+    account_ids: tuple[int, int] | None = None
+    """The account's ``(uid, gid)`` as the gateway maps it (the users file's, else the
+    gateway host's account): what a Kubernetes pod runs as. None with ``account`` None."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resources, dict):  # e.g. read back from an old record
             self.resources = ResourceRequest.from_dict(self.resources)
+        if self.account_ids is not None:  # a record holds a JSON list
+            self.account_ids = (int(self.account_ids[0]), int(self.account_ids[1]))
 
     def to_record(self) -> dict[str, Any]:
         """Every field, JSON-ready, with ``version``: what a launcher stores to serve the

@@ -25,7 +25,9 @@ have a live application, asked of the RM by tag (``GET /ws/v1/cluster/apps?appli
 raygate&states=...``); it kills a live application whose bootstrap no longer answers.
 
 CPUs and memory are all a YARN container is sized by here: GPUs, custom resources and
-node placement are refused (400). Requests carry ``user.name`` (simple auth). Note that
+node placement are refused (400). Requests carry ``user.name`` (simple auth): ``--yarn-user``,
+or under ``--kernel-isolation users`` the user's account, so each application is submitted
+as (and owned in the RM by) its user, and killed as its owner. Note that
 the bootstrap does not register as an ApplicationMaster over the AM-RM protocol, so a real
 RM keeps the application ``ACCEPTED`` while the kernel runs and expires its attempt after
 ``yarn.am.liveness-monitor.expiry-interval-ms``; clusters that run kernels this way must
@@ -98,7 +100,7 @@ class YarnKernel(RemoteKernel):
         if not self.stopped:
             launcher = self.launcher
             assert isinstance(launcher, YarnLauncher)
-            await launcher.kill(self.extra["application_id"])
+            await launcher.kill(self.extra["application_id"], self.extra.get("user"))
         await super().shutdown()
 
 
@@ -162,13 +164,16 @@ class YarnLauncher(RemoteLauncher):
 
     # -- the REST API --
 
-    async def _rm(self, method: str, path: str, body: Any = None, **params: str) -> Any:
-        """One call to the ResourceManager; its JSON answer (None for an empty one)."""
+    async def _rm(
+        self, method: str, path: str, body: Any = None, user: str | None = None, **params: str
+    ) -> Any:
+        """One call to the ResourceManager as ``user`` (simple auth's ``user.name``; None:
+        ``--yarn-user``); its JSON answer (None for an empty one)."""
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=self.endpoint, timeout=self.request_timeout)
         try:
             response = await self._http.request(
-                method, path, json=body, params={"user.name": self.user, **params}
+                method, path, json=body, params={"user.name": user or self.user, **params}
             )
         except httpx.HTTPError as exc:
             message = f"cannot reach the YARN ResourceManager at {self.endpoint}: {exc}"
@@ -181,19 +186,20 @@ class YarnLauncher(RemoteLauncher):
             raise RMError(response.status_code, message)
         return response.json() if response.content else None
 
-    async def report(self, app_id: str) -> dict[str, Any]:
-        return (await self._rm("GET", f"{APPS}/{app_id}"))["app"]
+    async def report(self, app_id: str, user: str | None = None) -> dict[str, Any]:
+        return (await self._rm("GET", f"{APPS}/{app_id}", user=user))["app"]
 
-    async def kill(self, app_id: str) -> None:
-        """Kill an application (one that has already ended is left as it is)."""
+    async def kill(self, app_id: str, user: str | None = None) -> None:
+        """Kill an application, as its owner ``user`` (one that has already ended is left as
+        it is)."""
         try:
-            await self._rm("PUT", f"{APPS}/{app_id}/state", {"state": "KILLED"})
+            await self._rm("PUT", f"{APPS}/{app_id}/state", {"state": "KILLED"}, user=user)
         except RMError as exc:
             if exc.status != 404:
                 log.warning("could not kill YARN application %s: %s", app_id, exc)
 
     async def force_stop(self, kernel: RemoteKernel) -> None:
-        await self.kill(kernel.extra["application_id"])
+        await self.kill(kernel.extra["application_id"], kernel.extra.get("user"))
 
     # -- launching --
 
@@ -234,8 +240,11 @@ class YarnLauncher(RemoteLauncher):
         deadline = started + request.launch_timeout - min(2.0, 0.2 * request.launch_timeout)
         memory, vcores = container_size(request)
         queue = self._queue_for(request)
+        # --kernel-isolation users: submitted as the user's account, who owns it in the RM
+        # (and, on a secure cluster's LinuxContainerExecutor, whom its container runs as).
+        owner = request.account or self.user
         try:
-            new = await self._rm("POST", f"{APPS}/new-application")
+            new = await self._rm("POST", f"{APPS}/new-application", user=owner)
         except RMError as exc:
             raise KernelStartError(str(exc), status=503) from None
         app_id = new["application-id"]
@@ -280,20 +289,21 @@ class YarnLauncher(RemoteLauncher):
         report = self.listener.expect(request.kernel_id, secret)
         try:
             try:
-                await self._rm("POST", APPS, context)
+                await self._rm("POST", APPS, context, user=owner)
             except RMError as exc:
                 raise KernelStartError(
                     f"the YARN ResourceManager refused application {app_id}: {exc}",
                     status=400 if exc.status == 400 else 503,
                 ) from None
-            payload, app = await self._wait_for_report(report, app_id, request, deadline)
+            payload, app = await self._wait_for_report(report, app_id, owner, request, deadline)
         except BaseException:
             self.listener.forget(request.kernel_id)
-            await self.kill(app_id)
+            await self.kill(app_id, owner)
             raise
         placement["host"] = (app.get("amHostHttpAddress") or "").rsplit(":", 1)[0]
         placement["container"] = {"memory_mb": memory, "vcores": vcores}
-        kernel = self.from_report(request, secret, payload, placement, {"application_id": app_id})
+        extra = {"application_id": app_id, "user": owner}
+        kernel = self.from_report(request, secret, payload, placement, extra)
         log.info(
             "kernel %s: running as YARN application %s on %s in %.2fs",
             request.kernel_id,
@@ -304,7 +314,12 @@ class YarnLauncher(RemoteLauncher):
         return kernel
 
     async def _wait_for_report(
-        self, report: asyncio.Future, app_id: str, request: LaunchRequest, deadline: float
+        self,
+        report: asyncio.Future,
+        app_id: str,
+        owner: str,
+        request: LaunchRequest,
+        deadline: float,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Wait for the bootstrap's report while watching the application; returns the
         report and the application's last report."""
@@ -313,7 +328,7 @@ class YarnLauncher(RemoteLauncher):
             remaining = deadline - time.monotonic()
             done, _ = await asyncio.wait({report}, timeout=max(0.0, min(POLL, remaining)))
             try:
-                app = await self.report(app_id)
+                app = await self.report(app_id, owner)
             except RMError as exc:
                 log.warning("YARN application %s: cannot read its report: %s", app_id, exc)
             if report in done:
@@ -385,10 +400,11 @@ class YarnLauncher(RemoteLauncher):
         for record in records:
             kernel_id = record.get("kernel_id", "")
             if kernel_id not in adopted and self._unreachable.get(kernel_id, 0) <= now:
-                app_id = (record.get("extra") or {}).get("application_id")
+                extra = record.get("extra") or {}
+                app_id = extra.get("application_id")
                 if app_id:
                     log.info("killing YARN application %s: its bootstrap is gone", app_id)
-                    await self.kill(app_id)
+                    await self.kill(app_id, extra.get("user"))
         return found
 
     async def find_new(self, known: Collection[str]) -> list[KernelHandle]:

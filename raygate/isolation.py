@@ -18,6 +18,7 @@ trusted proxy header); a request's ``KERNEL_USERNAME`` never names the account.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from raygate.launchers.kernelside.account import Account, AccountError
@@ -32,6 +33,18 @@ class AccountSource(Protocol):
     """Where accounts named per user come from (raygate.users.UsersFile)."""
 
     def account_for(self, user: str) -> str | None: ...
+
+    def ids_for(self, user: str) -> tuple[int, int] | None: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The OS account a user's kernels run as: its name (what launchers that run the
+    kernel on a host look up there) and its ids (what a Kubernetes pod runs as)."""
+
+    account: str
+    uid: int
+    gid: int
 
 
 def check_config(isolation: str, users_file: str, user_header: str, prewarm: Any) -> None:
@@ -53,10 +66,14 @@ def check_config(isolation: str, users_file: str, user_header: str, prewarm: Any
         )
 
 
-def admit(isolation: str, user: str | None, accounts: AccountSource | None) -> str | None:
+def admit(isolation: str, user: str | None, accounts: AccountSource | None) -> Identity | None:
     """The OS account a start by the authenticated ``user`` runs as (None: isolation is
     off). Raises the start's 403 when there is no such account here: before anything is
-    started. Called by the registry for every start."""
+    started. Called by the registry for every start.
+
+    The ids are the users file's ``uid``/``gid`` for the user where it gives them (for a
+    gateway whose kernels run elsewhere, e.g. in pods, with no such account on its host),
+    else those of this host's account."""
     if isolation != "users":
         return None
     if not user:
@@ -72,6 +89,9 @@ def admit(isolation: str, user: str | None, accounts: AccountSource | None) -> s
     how = f"the users file maps {user!r} to it" if named else "named like the user"
     if not _ACCOUNT_NAME.match(account):
         raise APIError(403, f"User {user!r}: {account!r} ({how}) is not a valid account name")
+    ids = accounts.ids_for(user) if accounts is not None else None
+    if ids is not None:  # the users file refuses 0
+        return Identity(account, *ids)
     try:
         record = Account.lookup(account)
     except AccountError:
@@ -79,10 +99,11 @@ def admit(isolation: str, user: str | None, accounts: AccountSource | None) -> s
             403,
             f"User {user!r} has no OS account {account!r} ({how}) on this host: kernels run "
             "as their user's own account here (--kernel-isolation users); ask the operator "
-            "to create it or to map the user to an account in the users file",
+            "to create it, to map the user to an account in the users file, or to give the "
+            "user a uid and gid there",
         ) from None
     if record.uid == 0:
         raise APIError(
             403, f"User {user!r}: kernels never run as root ({account!r}) with user isolation"
         )
-    return account
+    return Identity(account, record.uid, record.gid)

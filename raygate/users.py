@@ -16,7 +16,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
@@ -54,11 +54,16 @@ class UsersTable:
 
     tokens: dict[str, str]
     accounts: dict[str, str]
+    ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """``(uid, gid)`` per user, where the file gives them: what a launcher that sets ids
+    rather than names (a Kubernetes pod's ``runAsUser``/``runAsGroup``) runs the user's
+    kernels as, in place of the gateway host's account of that name."""
 
 
 def read_users_file(path: str) -> UsersTable:
     """A users file (``.json``: JSON, else TOML): plain ``"token" = "username"`` entries,
-    and/or a per-user table, ``[users.alice]`` with an optional ``token`` and ``account``."""
+    and/or a per-user table, ``[users.alice]`` with an optional ``token``, ``account``, and
+    ``uid`` with ``gid`` (numbers, never 0)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -72,6 +77,7 @@ def read_users_file(path: str) -> UsersTable:
         raise UsersFileError(f"users file {path} must map tokens to usernames")
     tokens: dict[str, str] = {}
     accounts: dict[str, str] = {}
+    ids: dict[str, tuple[int, int]] = {}
     table = data.pop("users", None) if isinstance(data.get("users"), dict) else None
     for token, name in data.items():
         if not isinstance(name, str) or not name.strip() or not token.strip():
@@ -82,8 +88,8 @@ def read_users_file(path: str) -> UsersTable:
         tokens[token.strip()] = name.strip()
     for name, entry in (table or {}).items():
         where = f"users file {path}, [users.{name}]"
-        if not isinstance(entry, dict) or set(entry) - {"token", "account"}:
-            raise UsersFileError(f"{where}: only 'token' and 'account' may be set")
+        if not isinstance(entry, dict) or set(entry) - {"token", "account", "uid", "gid"}:
+            raise UsersFileError(f"{where}: only 'token', 'account', 'uid' and 'gid' may be set")
         for key in ("token", "account"):
             value = entry.get(key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -92,7 +98,21 @@ def read_users_file(path: str) -> UsersTable:
             tokens[entry["token"].strip()] = name.strip()
         if entry.get("account"):
             accounts[name.strip()] = entry["account"].strip()
-    return UsersTable(tokens, accounts)
+        if "uid" in entry or "gid" in entry:
+            ids[name.strip()] = _ids(entry, where)
+    return UsersTable(tokens, accounts, ids)
+
+
+def _ids(entry: dict[str, object], where: str) -> tuple[int, int]:
+    if "uid" not in entry or "gid" not in entry:
+        raise UsersFileError(f"{where}: uid and gid go together (give both)")
+    uid, gid = entry["uid"], entry["gid"]
+    for key, value in (("uid", uid), ("gid", gid)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UsersFileError(f"{where}: {key} must be a whole number")
+        if value == 0:
+            raise UsersFileError(f"{where}: {key} = 0 is root's, and kernels never run as root")
+    return int(uid), int(gid)  # type: ignore[arg-type]
 
 
 class UsersFile:
@@ -103,6 +123,7 @@ class UsersFile:
         self.path = path
         self._by_digest: dict[bytes, str] = {}
         self._accounts: dict[str, str] = {}
+        self._ids: dict[str, tuple[int, int]] = {}
         self._stamp: tuple[float, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -120,6 +141,7 @@ class UsersFile:
         users = read_users_file(self.path)
         self._by_digest = {_digest(token): name for token, name in users.tokens.items()}
         self._accounts = dict(users.accounts)
+        self._ids = dict(users.ids)
         self._stamp = stamp
         log.info("users file %s: %d token(s)", self.path, len(users.tokens))
 
@@ -148,6 +170,11 @@ class UsersFile:
         """The OS account the file names for ``user`` (None: it names none)."""
         self._reload_if_changed()
         return self._accounts.get(user)
+
+    def ids_for(self, user: str) -> tuple[int, int] | None:
+        """The ``(uid, gid)`` the file gives ``user`` (None: it gives none)."""
+        self._reload_if_changed()
+        return self._ids.get(user)
 
     def __len__(self) -> int:
         return len(self._by_digest)

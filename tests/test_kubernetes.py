@@ -558,3 +558,52 @@ def test_a_pod_runs_as_its_uid_with_only_its_environment(
     }, names
     assert {"PATH", "RAYGATE_KERNEL_SECRET", "KERNEL_ID"} <= names
     assert no_kernel_objects(kube)
+
+
+# -- --kernel-isolation users ------------------------------------------------------------
+
+ADA_IDS = (4321, 4322)
+"""ada's uid and gid, from the users file: no account of this host has them."""
+
+
+@pytest.fixture(scope="module")
+def isolated_server(
+    kube: dict[str, Any], k8s_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A gateway running each kernel as its user's account: ada by the users file's ids,
+    nobody by this host's account of that name, bob with neither."""
+    users = tmp_path_factory.mktemp("k8s-users") / "users.toml"
+    users.write_text(
+        '"tok-nobody" = "nobody"\n'
+        "[users.ada]\n"
+        'token = "tok-ada"\n'
+        f"uid = {ADA_IDS[0]}\n"
+        f"gid = {ADA_IDS[1]}\n"
+        "[users.bob]\n"
+        'token = "tok-bob"\n'
+    )
+    args = [*gateway_args(kube, k8s_files, scan="3600"), "--kernel-isolation", "users"]
+    server = ServerProcess([*args, "--users-file", str(users)])
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def test_users_mode_pods_run_as_the_users_account_never_the_requests(
+    isolated_server: ServerProcess, kube: dict[str, Any]
+) -> None:
+    url = isolated_server.url
+    for token, (uid, gid) in (("tok-ada", ADA_IDS), ("tok-nobody", (NOBODY, NOBODY))):
+        text = fails_fast(Gateway(url, token), {}, 500, name="k8s-show-user")
+        shown = text.split("uid=", 1)[1]
+        assert shown.startswith(f"{uid} gid={gid} "), (token, shown)
+    # the request cannot choose, not even an id the allow lists take in the other mode
+    for var in ("KERNEL_UID", "KERNEL_GID"):
+        text = fails_fast(Gateway(url, "tok-ada"), {var: str(NOBODY)}, 400, name="k8s-show-user")
+        assert f"{var} is not accepted here: this gateway runs each kernel as its" in text, text
+        assert "never from the request" in text, text
+    # no uid for bob in the users file and no account bob here: refused before any pod
+    r = Gateway(url, "tok-bob").post("/api/kernels", json={"name": "k8s-show-user"})
+    assert r.status_code == 403, r.text
+    assert "has no OS account 'bob'" in r.json()["message"], r.text
+    assert no_kernel_objects(kube)

@@ -164,6 +164,45 @@ def pod_resources(
     return requests, limits, selector
 
 
+def account_ids(request: LaunchRequest) -> tuple[int, int]:
+    """``--kernel-isolation users``: the ``(uid, gid)`` the user's pod runs as, from the
+    gateway's mapping of the user (the users file's ids, else the gateway host's account
+    of that name), never from the request."""
+    if request.account_ids is None:
+        raise KernelStartError(
+            f"the start names account {request.account!r} but no uid and gid for it, so its "
+            "pod cannot run as it (--kernel-isolation users)"
+        )
+    uid, gid = request.account_ids
+    if uid == 0:
+        raise KernelStartError(
+            f"account {request.account!r} is uid 0: kernels never run as root", status=403
+        )
+    return uid, gid
+
+
+def users_security(request: LaunchRequest) -> dict[str, Any]:
+    """The security context settings that make a pod run as its user's account."""
+    uid, gid = account_ids(request)
+    return {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True}
+
+
+def bootstrap_account(request: LaunchRequest) -> dict[str, Any]:
+    """The account for the bootstrap's settings: by ids, not by name (the image has no
+    such account; the pod already runs as it, so the supervisor switches nothing)."""
+    uid, gid = account_ids(request)
+    return {"name": request.account, "uid": uid, "gid": gid, "groups": [], "home": ""}
+
+
+def refused_id(var: str, request: LaunchRequest) -> str:
+    """Why a request's ``KERNEL_UID``/``KERNEL_GID`` is refused in users mode."""
+    return (
+        f"{var} is not accepted here: this gateway runs each kernel as its user's own "
+        f"account (--kernel-isolation users), so the pod runs as the uid and gid of account "
+        f"{request.account!r}, which come from the user's identity, never from the request"
+    )
+
+
 def build_pod(
     template: dict[str, Any],
     request: LaunchRequest,
@@ -212,10 +251,19 @@ def build_pod(
     if account:
         spec["serviceAccountName"] = account
     security = spec.get("securityContext") or {}
+    if request.account is not None:
+        identity = users_security(request)
+        security.update(identity)
+        own = container.get("securityContext")
+        if own:  # a container's own settings win over the pod's: the user's win over both
+            own.update(identity)
+        settings = {**settings, "account": bootstrap_account(request)}
     for var, key in (("KERNEL_UID", "runAsUser"), ("KERNEL_GID", "runAsGroup")):
         text = request.env.get(var, "").strip()
         if not text:
             continue
+        if request.account is not None:
+            raise KernelStartError(refused_id(var, request), status=400)
         if not text.isdigit():
             raise KernelStartError(f"{var} must be a number, not {text!r}", status=400)
         if int(text) == 0:

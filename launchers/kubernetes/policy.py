@@ -11,7 +11,9 @@ created; anything else is a 400 naming the value and the list. The namespace
 By default a request may choose only what the operator configured anyway: the template's
 service account (or ``default`` when it names none), the template's, the kernelspec's or
 ``--k8s-kernel-image``'s image, ``emptyDir`` volumes and mounts of them, and the template's
-own ``runAsUser``/``runAsGroup``. Patterns are shell-style (``*``, ``?``, ``[...]``) and may
+own ``runAsUser``/``runAsGroup``. Under ``--kernel-isolation users`` a request chooses no
+user or group at all: the pod runs as its user's account (:func:`.pod.users_security`), and
+``KERNEL_UID``/``KERNEL_GID`` are refused. Patterns are shell-style (``*``, ``?``, ``[...]``) and may
 contain ``{username}``, the kernel's user (the authenticated user where the gateway
 authenticates, else ``KERNEL_USERNAME``), e.g. ``claim-{username}``: that user's claims only.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import KernelStartError, LaunchRequest
-from .pod import json_list, kernel_container, kubernetes_meta
+from .pod import json_list, kernel_container, kubernetes_meta, refused_id
 
 VOLUME_TYPES = frozenset(
     [
@@ -224,6 +226,10 @@ class AllowLists:
         ]
         asked = env.get("KERNEL_IMAGE", "").strip()
         self._check_image(asked, [i for i in configured if i], user)
+        if request.account is not None:  # users mode: the ids are the identity's
+            for var in ("KERNEL_UID", "KERNEL_GID"):
+                if env.get(var, "").strip():
+                    raise _refuse(refused_id(var, request))
         security = spec.get("securityContext") or {}
         for var, key, allowed, setting in (
             ("KERNEL_UID", "runAsUser", self.uids, "--k8s-allowed-uids"),

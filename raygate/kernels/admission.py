@@ -153,7 +153,7 @@ class Admission:
         )
         launcher = self.launcher_for(spec)
         check_allowed(self.config, username, name, spec.raygate)
-        account = admit(self.config.kernel_isolation, user, self.accounts)
+        identity = admit(self.config.kernel_isolation, user, self.accounts)
         # Counted before the first await, so concurrent starts cannot overshoot the limit.
         limit = self.config.max_kernels
         if limit and self.running() + self.starting >= limit:
@@ -177,7 +177,8 @@ class Admission:
             cwd=kernel_env.get("KERNEL_WORKING_DIR") or None,
             resources=resources,
             encryption=self.config.kernel_encryption,
-            account=account,
+            account=identity.account if identity else None,
+            account_ids=(identity.uid, identity.gid) if identity else None,
         )
         return Admitted(request, launcher)
 
