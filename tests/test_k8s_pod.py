@@ -329,3 +329,56 @@ def test_secret_and_record_round_trip() -> None:
             "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "uid-1"}]
         }
     }
+
+
+def isolated(ids: tuple[int, int] | None, env: dict[str, str] | None = None) -> LaunchRequest:
+    req = request(env)
+    req.account, req.account_ids = "alice", ids
+    return req
+
+
+def test_users_mode_pods_run_as_the_identitys_ids() -> None:
+    template = copy.deepcopy(TEMPLATE)
+    kernel_of(template)["securityContext"] = {"runAsUser": 1000, "readOnlyRootFilesystem": True}
+    pod = build_pod(template, isolated((4321, 4322)), "kernels", SETTINGS)
+    assert pod["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 4321,
+        "runAsGroup": 4322,
+    }
+    # the kernel container's own settings would win over the pod's: they are the user's too
+    assert kernel_of(pod)["securityContext"] == {
+        "runAsUser": 4321,
+        "runAsGroup": 4322,
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+    }
+    env = {v["name"]: v.get("value") for v in kernel_of(pod)["env"]}
+    account = json.loads(env["RAYGATE_BOOTSTRAP_SETTINGS"])["account"]
+    assert account == {"name": "alice", "uid": 4321, "gid": 4322, "groups": [], "home": ""}
+    assert "account" not in SETTINGS  # the caller's settings are not changed
+    # isolation off: the template's user, as before
+    assert build(request())["spec"]["securityContext"]["runAsUser"] == 1000
+
+
+@pytest.mark.parametrize(
+    "ids, env, status, words",
+    [
+        ((4321, 4322), {"KERNEL_UID": "4321"}, 400, "KERNEL_UID is not accepted here"),
+        ((4321, 4322), {"KERNEL_GID": "5"}, 400, "never from the request"),
+        ((0, 0), {}, 403, "uid 0: kernels never run as root"),
+        (None, {}, 500, "no uid and gid for it"),
+    ],
+)
+def test_users_mode_refuses_ids_from_the_request_root_and_no_ids(
+    ids: tuple[int, int] | None, env: dict[str, str], status: int, words: str
+) -> None:
+    with pytest.raises(KernelStartError) as caught:
+        build(isolated(ids, env))
+    assert caught.value.status == status and words in str(caught.value), str(caught.value)
+
+
+def test_account_ids_survive_the_launch_record() -> None:
+    req = isolated((4321, 4322))
+    back = LaunchRequest.from_record(json.loads(json.dumps(req.to_record())))
+    assert back.account_ids == (4321, 4322) and back.account == "alice"

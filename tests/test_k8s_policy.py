@@ -199,3 +199,16 @@ def test_bad_lists_are_startup_errors(settings: dict[str, str], words: str) -> N
     with pytest.raises(PolicyError) as caught:
         AllowLists.parse(**settings)
     assert words in str(caught.value)
+
+
+def test_users_mode_takes_no_ids_from_the_request() -> None:
+    allow = AllowLists.parse(uids="1000-1999", gids="100")
+    for var, value in (("KERNEL_UID", "1000"), ("KERNEL_GID", "100")):
+        req = request({var: value})
+        allow.check(req, TEMPLATE)  # isolation off: in the allow list
+        req.account, req.account_ids = "alice", (4321, 4322)
+        with pytest.raises(KernelStartError) as caught:
+            allow.check(req, TEMPLATE)
+        assert caught.value.status == 400
+        assert f"{var} is not accepted here" in str(caught.value), str(caught.value)
+        assert "--kernel-isolation users" in str(caught.value)

@@ -10,7 +10,7 @@ import pwd
 import pytest
 
 from raygate.errors import APIError
-from raygate.isolation import admit, check_config
+from raygate.isolation import Identity, admit, check_config
 from raygate.launchers.kernelside.account import Account
 from raygate.launchers.kernelside.isolation import cluster_access, kernel_host_env
 from raygate.users import UsersFile, UsersFileError, read_users_file
@@ -22,11 +22,17 @@ OTHER = next(
 
 
 class Accounts:
-    def __init__(self, table: dict[str, str]) -> None:
+    def __init__(
+        self, table: dict[str, str], ids: dict[str, tuple[int, int]] | None = None
+    ) -> None:
         self.table = table
+        self.ids = ids or {}
 
     def account_for(self, user: str) -> str | None:
         return self.table.get(user)
+
+    def ids_for(self, user: str) -> tuple[int, int] | None:
+        return self.ids.get(user)
 
 
 def write(tmp_path: os.PathLike, text: str, name: str = "users.toml") -> str:
@@ -57,12 +63,21 @@ def test_the_users_file_takes_plain_tokens_and_a_per_user_table(tmp_path: os.Pat
     assert users.account_for("user3") is None
     json_path = write(tmp_path, '{"t": "a", "users": {"a": {"account": "b"}}}', "users.json")
     assert read_users_file(json_path).accounts == {"a": "b"}
+    ids_path = write(tmp_path, '[users.ada]\ntoken = "t"\nuid = 4321\ngid = 4322\n', "ids.toml")
+    assert read_users_file(ids_path).ids == {"ada": (4321, 4322)}
+    assert UsersFile(ids_path).ids_for("ada") == (4321, 4322)
+    assert UsersFile(ids_path).ids_for("bob") is None
 
 
 @pytest.mark.parametrize(
     "text, words",
     [
-        ('[users.a]\nshell = "/bin/sh"\n', "only 'token' and 'account'"),
+        ('[users.a]\nshell = "/bin/sh"\n', "only 'token', 'account', 'uid' and 'gid'"),
+        ("[users.a]\nuid = 1000\n", "uid and gid go together"),
+        ("[users.a]\nuid = 0\ngid = 100\n", "uid = 0 is root's"),
+        ("[users.a]\nuid = 1000\ngid = 0\n", "gid = 0 is root's"),
+        ('[users.a]\nuid = "1000"\ngid = 100\n', "uid must be a whole number"),
+        ("[users.a]\nuid = 1000\ngid = true\n", "gid must be a whole number"),
         ('[users.a]\naccount = ""\n', "account must be a non-empty string"),
         ("[users.a]\ntoken = 3\n", "token must be a non-empty string"),
         ('"t" = 3\n', '"token" = "username"'),
@@ -76,8 +91,13 @@ def test_bad_per_user_entries_are_refused(tmp_path: os.PathLike, text: str, word
 @pytest.mark.skipif(not OTHER, reason="no unprivileged system account on this host")
 def test_admission_names_the_account_or_refuses_with_a_reason() -> None:
     assert admit("none", None, None) is None  # isolation off: the launcher's own account
-    assert admit("users", OTHER, None) == OTHER  # named like the user
-    assert admit("users", "alice", Accounts({"alice": OTHER})) == OTHER  # mapped
+    other = pwd.getpwnam(OTHER)
+    mine = Identity(OTHER, other.pw_uid, other.pw_gid)
+    assert admit("users", OTHER, None) == mine  # named like the user
+    assert admit("users", "alice", Accounts({"alice": OTHER})) == mine  # mapped
+    # the users file's ids (for kernels that run elsewhere): no account needed here
+    ids = Accounts({}, {"ada": (4321, 4322)})
+    assert admit("users", "ada", ids) == Identity("ada", 4321, 4322)
     cases = [
         (None, Accounts({}), "needs an authenticated user"),
         ("carol", Accounts({}), "has no OS account 'carol' (named like the user)"),

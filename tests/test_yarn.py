@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from accounts import TestAccounts
 
 import standins
 from conftest import (
@@ -235,3 +236,37 @@ def test_unreachable_resource_manager_is_a_503_that_names_it(
     assert r.status_code == 503, r.text
     assert f"cannot reach the YARN ResourceManager at {nowhere}" in r.json()["message"]
     assert gw.get("/api/kernels").json() == []
+
+
+@pytest.fixture(scope="module")
+def reach_python() -> Iterator[None]:
+    """Let other accounts run this Python (kept under root's 0700 home here)."""
+    opened = TestAccounts()
+    try:
+        opened.reach(sys.executable)
+        yield
+    finally:
+        opened.remove()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a kernel as another account needs root")
+async def test_users_mode_applications_are_the_users_own(
+    yarn_args: list[str], yarn_rm: str, tmp_path: Any, reach_python: None
+) -> None:
+    users = tmp_path / "users.toml"
+    users.write_text('[users.ada]\ntoken = "tok-ada"\naccount = "nobody"\n')
+    server = ServerProcess([*yarn_args, "--kernel-isolation", "users", "--users-file", str(users)])
+    try:
+        server.wait_ready()
+        gw = Gateway(server.url, "tok-ada")
+        model = gw.start_kernel("yarn-python")
+        app_id = model["placement"]["application_id"]
+        # submitted as the user's account (simple auth's user.name): the RM shows it as
+        # the owner, not the gateway's --yarn-user
+        assert app_report(yarn_rm, app_id)["user"] == "nobody"
+        code = "import os, pwd; print(pwd.getpwuid(os.geteuid()).pw_name)"
+        assert (await gw.run(model["id"], code)).stdout == "nobody\n"
+        assert gw.delete(f"/api/kernels/{model['id']}").status_code == 204
+        assert wait_state(yarn_rm, app_id, "KILLED")["state"] == "KILLED"
+    finally:
+        server.stop()
