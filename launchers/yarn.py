@@ -115,7 +115,7 @@ class YarnSettings(RemoteSettings):
     yarn_user: str = setting(
         "",
         "User the ResourceManager's simple auth is given (user.name; default: the "
-        "gateway's own user).",
+        "gateway's own user); under --kernel-isolation users, each kernel's user's account.",
     )
     yarn_python: str = setting(
         "", "Python on the YARN nodes that has raygate installed (default: the gateway's)."
