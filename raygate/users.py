@@ -106,13 +106,15 @@ def read_users_file(path: str) -> UsersTable:
 def _ids(entry: dict[str, object], where: str) -> tuple[int, int]:
     if "uid" not in entry or "gid" not in entry:
         raise UsersFileError(f"{where}: uid and gid go together (give both)")
-    uid, gid = entry["uid"], entry["gid"]
-    for key, value in (("uid", uid), ("gid", gid)):
+    ids: list[int] = []
+    for key in ("uid", "gid"):
+        value = entry[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UsersFileError(f"{where}: {key} must be a whole number")
         if value == 0:
             raise UsersFileError(f"{where}: {key} = 0 is root's, and kernels never run as root")
-    return int(uid), int(gid)  # type: ignore[arg-type]
+        ids.append(value)
+    return ids[0], ids[1]
 
 
 class UsersFile:
