@@ -126,6 +126,10 @@ async def test_session_and_env_through_jupyter_server(
     jupyter: JupyterServer, gateway_server: ServerProcess
 ) -> None:
     js = jupyter.client
+    # jupyter_server copies its environment for a start's env before its first gateway
+    # request sets KERNEL_LAUNCH_TIMEOUT: a notebook server's first start carries none.
+    # JupyterLab lists kernelspecs first; so does this test, whichever test ran before it.
+    assert js.get("/api/kernelspecs").status_code == 200
     r = js.post(
         "/api/sessions",
         json={"path": "nb.ipynb", "type": "notebook", "name": "nb", "kernel": {"name": "python3"}},

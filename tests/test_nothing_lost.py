@@ -28,16 +28,22 @@ def line_numbers(messages: list[dict]) -> list[int]:
     return numbers
 
 
-async def read_until_idle(ws: KernelWS, msg_id: str, timeout: float = 60) -> None:
+async def read_until_idle(
+    ws: KernelWS, msg_id: str, timeout: float = 60, reply: bool = False
+) -> None:
+    """Read until the request's iopub ``idle`` (and, with ``reply``, its execute_reply:
+    the two travel on different sockets, so either may arrive first)."""
     deadline = time.monotonic() + timeout
-    while True:
+
+    def seen(m: dict) -> bool:
+        return m["parent_header"].get("msg_id") == msg_id
+
+    idle = reply_seen = False
+    while not (idle and (reply_seen or not reply)):
         m = await ws.recv(max(0.1, deadline - time.monotonic()))
-        if (
-            m["header"]["msg_type"] == "status"
-            and m["content"]["execution_state"] == "idle"
-            and m["parent_header"].get("msg_id") == msg_id
-        ):
-            return
+        kind = m["header"]["msg_type"]
+        idle = idle or (kind == "status" and m["content"]["execution_state"] == "idle" and seen(m))
+        reply_seen = reply_seen or (kind == "execute_reply" and seen(m))
 
 
 async def drain_closed(ws: KernelWS) -> None:
@@ -61,7 +67,7 @@ async def test_reconnect_gets_missed_output_once(gateway: Gateway, binary: bool)
     await drain_closed(first)
     await asyncio.sleep(1.0)  # output keeps coming while nobody is connected
     second = await gateway.connect(kernel["id"], binary=not binary, session="nb-1")
-    await read_until_idle(second, request["header"]["msg_id"])
+    await read_until_idle(second, request["header"]["msg_id"], reply=True)
     seen_first, seen_second = line_numbers(first.received), line_numbers(second.received)
     assert seen_second, "the reconnected client got the output it missed"
     # once, in order: what the first client missed follows what it got, nothing twice
