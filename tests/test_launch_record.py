@@ -51,6 +51,8 @@ REQUEST_SAMPLE: dict[str, Any] = {
     "resources": ResourceRequest(**RESOURCES_SAMPLE),
     "encryption": "curve",
     "pooled": True,
+    "account": "alice_os",
+    "account_ids": (4321, 4322),
 }
 
 
