@@ -419,11 +419,29 @@ class KernelRegistry:
         if not reason:
             channels.broadcast_status("starting")
         timeout = kernel.handle.request.launch_timeout
-        try:
-            await channels.wait_for_ready(timeout, kernel.handle.is_alive)
-        except KernelNotReady as exc:
-            detail = await kernel.handle.failure_reason()
-            raise APIError(500, f"Kernel {kernel.id} failed to restart: {exc}\n{detail}") from None
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                await channels.wait_for_ready(timeout, _serving(kernel.handle))
+                break
+            except KernelNotReady as exc:
+                detail = await kernel.handle.failure_reason()
+                if PORT_TAKEN not in detail or attempt == PORT_ATTEMPTS:
+                    log.warning("kernel %s: failed to restart: %s %s", kernel.id, exc, detail)
+                    raise APIError(
+                        500, f"Kernel {kernel.id} failed to restart: {exc}\n{detail}"
+                    ) from None
+            # A restart keeps the kernel's ports; one the old kernel (or a process that took
+            # it meanwhile) still held: the same restart again, a moment later.
+            log.warning("kernel %s: a port was still taken at restart; again", kernel.id)
+            await asyncio.sleep(0.5)
+            channels.expect_restart()
+            try:
+                connection = await kernel.handle.restart()
+            except KernelStartError as exc:
+                raise APIError(exc.status, f"Kernel {kernel.id} failed to restart: {exc}") from None
+            if connection != kernel.handle.connection:
+                kernel.handle.connection = connection
+                channels.reconnect(connection)
         log.info("kernel %s: restarted", kernel.id)
         if kernel.warm:
             await self.pool.reapply(kernel)
