@@ -61,25 +61,41 @@ class ServerProcess:
         token: str = TOKEN,
         expect_errors: Iterable[str] = (),
     ) -> None:
-        self.port = free_port()
+        self.args = args
+        self.env = env
         self.token = token
         self.expect_errors = list(expect_errors)
-        scheme = "https" if "--certfile" in args else "http"
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.port = free_port()
+        scheme = "https" if "--certfile" in self.args else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *args]
-        if token:
-            cmd += ["--auth-token", token]
+        cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *self.args]
+        if self.token:
+            cmd += ["--auth-token", self.token]
         self.log_path = f"/tmp/raygate-test-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
         )
-        self.client = Gateway(self.url, token)
+        self.client = Gateway(self.url, self.token)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
+        respawns = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                # The free port found for it was taken by another process (a Ray worker,
+                # another test's kernel) before raygate bound it: again, on another port.
+                if "address already in use" in self.output() and respawns < 3:
+                    respawns += 1
+                    self.log.close()
+                    self._spawn()
+                    continue
                 raise RuntimeError(f"raygate exited early:\n{self.output()}")
             if self.url.startswith("https:"):
                 # TLS tests check certificates (and client certificates) themselves
