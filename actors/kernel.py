@@ -177,21 +177,7 @@ class KernelActor:
         if self.spec.get("interrupt_mode") != "message":
             self.supervisor.signal(signal.SIGINT)
             return
-        import zmq
-        from jupyter_client.session import Session
-
-        from raygate.launchers.base import ConnectionInfo
-
-        session = Session(key=self.connection["key"].encode())
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 1000
-        ConnectionInfo.from_dict(self.connection).secure(sock)
-        try:
-            sock.connect(f"tcp://{self.node_ip}:{self.connection['control_port']}")
-            session.send(sock, session.msg("interrupt_request", {}))
-        finally:
-            sock.close()
+        self.supervisor.send_control("interrupt_request", {})
 
     @guarded
     def restart(self) -> dict[str, Any]:

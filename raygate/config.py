@@ -89,7 +89,8 @@ class GatewayConfig:
     )
     restart_limit: int = setting(
         5,
-        "Automatic restarts of a kernel that died before it is declared dead (0: none).",
+        "Automatic restarts in a row of a kernel that keeps dying (within 10 s of its restart) "
+        "before it is declared dead (0: none).",
         Integer(min=0),
     )
     cull_interval: float = setting(

@@ -49,10 +49,15 @@ from .process import (
     spawn_kernel,
     tail,
     terminate,
+    wait_exit,
     write_connection_file,
 )
 
 __all__ = ["KernelCommand", "KernelSupervisor", "SpawnError"]
+
+SHUTDOWN_WAIT = 3.0
+"""Seconds a kernel asked to shut down for a restart has to exit by itself before it is
+stopped with signals (jupyter_client gives it its ``shutdown_wait_time``, 5 s)."""
 
 
 class SpawnError(Exception):
@@ -186,8 +191,34 @@ class KernelSupervisor:
 
     def iopub_url(self) -> str:
         """Where this host reaches the kernel's iopub (the keeper subscribes there)."""
+        return self._url("iopub")
+
+    def _url(self, channel: str) -> str:
         host = "127.0.0.1" if self.ip in ("", "0.0.0.0", "::") else self.ip
-        return f"tcp://{host}:{self.connection['iopub_port']}"
+        return f"tcp://{host}:{self.connection[f'{channel}_port']}"
+
+    def send_control(self, msg_type: str, content: dict[str, Any]) -> None:
+        """Send the kernel a control message (``interrupt_request``, ``shutdown_request``)
+        without waiting for its reply, which goes nowhere. Called by :meth:`restart` and by
+        the Ray actor's message-mode interrupt."""
+        import zmq
+        from jupyter_client.session import Session
+
+        from raygate.launchers.base import ConnectionInfo
+
+        info = self.connection
+        session = Session(
+            key=info["key"].encode(), signature_scheme=info.get("signature_scheme", "hmac-sha256")
+        )
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 1000  # close() returns at once; the message still goes out
+        ConnectionInfo.from_dict(info).secure(sock)
+        try:
+            sock.connect(self._url("control"))
+            session.send(sock, session.msg(msg_type, content))
+        finally:
+            sock.close()
 
     def env(self) -> dict[str, str]:
         """The kernel's environment for the current :attr:`command`."""
@@ -301,20 +332,29 @@ class KernelSupervisor:
 
     # -- stopping and restarting ----------------------------------------------------
 
-    async def stop(self) -> None:
+    async def stop(self, ask_first: bool = False) -> None:
         """Stop the kernel process (SIGTERM to its group, SIGKILL after a grace period);
-        an exit asked for is not reported to ``on_exit``. The files stay for a restart."""
+        an exit asked for is not reported to ``on_exit``. The files stay for a restart.
+        ``ask_first``: first send it a ``shutdown_request`` for a restart and give it
+        :data:`SHUTDOWN_WAIT` to exit by itself, as jupyter_client does (the kernel runs its
+        shutdown code, and publishes its ``shutdown_reply`` on iopub)."""
         with self._lock:
             proc = self.proc
-            self._expected_exit = True
+            self._expected_exit = True  # before asking: its exit must not read as a death
         if proc is not None:
+            if ask_first and proc.poll() is None:
+                try:
+                    self.send_control("shutdown_request", {"restart": True})
+                except Exception:
+                    pass  # stopped with signals below, as a kernel that does not answer
+                await wait_exit(proc, SHUTDOWN_WAIT)
             await terminate(proc)
         self.enforcer.stopped()
 
     async def restart(self) -> dict[str, Any]:
-        """A fresh kernel process on the same ports with the same key; returns
-        :attr:`connection`. Raises :class:`SpawnError`."""
-        await self.stop()
+        """A fresh kernel process on the same ports with the same key, the old one asked
+        to shut down first; returns :attr:`connection`. Raises :class:`SpawnError`."""
+        await self.stop(ask_first=True)
         self.spawn()
         if self.keeper is not None:  # the same port; a new key would be followed too
             self.keeper.retarget(self.iopub_url(), self.connection.get("curve_publickey"))

@@ -24,6 +24,7 @@ from raygate.launchers.base import ConnectionInfo
 from .connection import Connection
 from .messages import Message, MessageError, Signer, from_zmq, new_message, to_zmq, zmq_parts
 from .replay import SessionReplay
+from .status import next_execution_state, shown_to_clients
 from .watermarks import Watermarks
 
 log = logging.getLogger("raygate.bridge")
@@ -90,6 +91,9 @@ class KernelChannels:
         """Header of the last execute_request a client sent: raygate's notices about the
         kernel's death answer it, so they show in the cell that was running."""
         self._send_locks = {name: asyncio.Lock() for name in _ROUTED_CHANNELS}
+        self._restarting = False
+        """Between :meth:`expect_restart` and the new kernel's readiness: the gateway
+        announces the restart's ``starting`` itself, so the kernel's own is not shown."""
 
     # -- sockets -------------------------------------------------------------
 
@@ -139,9 +143,11 @@ class KernelChannels:
         self.open()
 
     def expect_restart(self) -> None:
-        """Forget readiness: the next :meth:`wait_for_ready` must see the new kernel."""
+        """Forget readiness: the next :meth:`wait_for_ready` must see the new kernel (whose
+        own start-up ``starting`` is not shown until then: see :mod:`.status`)."""
         self._iopub_seen.clear()
         self._probes.clear()
+        self._restarting = True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         for client in list(self.clients.values()):
@@ -198,10 +204,18 @@ class KernelChannels:
         if message.channel == "iopub":
             if self._probes and message.parent_msg_id() in self._probes:
                 self._iopub_seen.set()
-            if message.msg_type == "status":
+            msg_type = message.msg_type
+            if msg_type == "status" or msg_type == "iopub_welcome":
                 state = message.content().get("execution_state")
-                if isinstance(state, str):
-                    self.execution_state = state
+                state = state if isinstance(state, str) else ""
+                parent_type = str(message.parent.get("msg_type", ""))
+                if not shown_to_clients(msg_type, state, parent_type, self._restarting):
+                    self._note_live(message)
+                    return
+                if state:
+                    self.execution_state = next_execution_state(
+                        self.execution_state, state, parent_type
+                    )
             await self._broadcast(message)
             return
         parent_id = message.parent_msg_id()
@@ -236,10 +250,15 @@ class KernelChannels:
                 return client
         return None
 
-    async def _broadcast(self, message: Message) -> None:
-        self._last_iopub = message.msg_id
+    def _note_live(self, message: Message) -> None:
+        """While recovering, count a kernel iopub message as received live, shown to clients
+        or not: the kernel side kept it too, and the recovery compares the two."""
         if self._recovering is not None:
             self._live.append(message.msg_id)
+
+    async def _broadcast(self, message: Message) -> None:
+        self._last_iopub = message.msg_id
+        self._note_live(message)
         cache: dict[bool, str | bytes] = {}
         for client in list(self.clients.values()):
             await client.put(client.frame(message, cache), message)
@@ -247,7 +266,8 @@ class KernelChannels:
             self.replay.keep_broadcast(message)
 
     def broadcast_status(self, state: str, reason: str = "") -> None:
-        """Tell every client the kernel is ``restarting`` or ``dead`` (raygate's own notice)."""
+        """Tell every client the kernel is ``restarting``, ``starting`` (again) or ``dead``
+        (raygate's own notice: jupyter_server's for its own kernels, see the registry)."""
         self.execution_state = state
         content: dict[str, Any] = {"execution_state": state}
         if reason:
@@ -350,6 +370,8 @@ class KernelChannels:
             return
         try:
             kept = await self._fetch_kept(fetch, sorted(set(recovering.values()) - {""}))
+            if kept is not None:
+                kept = [m for m in kept if shown_to_clients(m.msg_type, "", "", False)]
             for session, watermark in recovering.items():
                 if kept is not None and not self.replay.seed(session, kept, watermark):
                     log.warning(
@@ -445,6 +467,14 @@ class KernelChannels:
         Returns the kernel_info reply's content. Raises :class:`KernelNotReady` when the
         kernel dies or the timeout passes first.
         """
+        try:
+            return await self._wait_for_ready(timeout, is_alive)
+        finally:
+            self._restarting = False
+
+    async def _wait_for_ready(
+        self, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         reply: Message | None = None
         while time.monotonic() < deadline:

@@ -10,6 +10,17 @@ from typing import Any
 from raygate.bridge.channels import KernelChannels
 from raygate.launchers import KernelHandle, Launcher
 
+STABLE_START = 10.0
+"""Seconds a restarted kernel must stay up before its next death starts a new series of
+automatic restarts (jupyter_client's ``KernelRestarter.stable_start_time``)."""
+
+
+def consecutive_restarts(restarts: int, died_at: float, now: float) -> int:
+    """The automatic restarts in a row so far of a kernel that dies at ``now`` and last died
+    at ``died_at`` (0: never) after ``restarts`` of them: none if it stayed up for
+    :data:`STABLE_START` (``--restart-limit`` counts these, as jupyter_client does)."""
+    return restarts if died_at and now - died_at < STABLE_START else 0
+
 
 def iso(ts: datetime) -> str:
     """The timestamp form jupyter_server's gateway client parses."""
@@ -26,6 +37,11 @@ class Kernel:
     username: str | None = None
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
     restarts: int = 0
+    """Automatic restarts after the kernel died, in all (the status page shows them)."""
+    restarts_in_a_row: int = 0
+    """Those since the kernel last stayed up for a while (``--restart-limit`` counts these)."""
+    died_at: float = 0.0
+    """``time.monotonic()`` of the kernel's latest death (0: it never died)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     busy_with: str = ""
     """``restarting`` or ``shutting down`` while the registry works on the kernel."""

@@ -34,7 +34,7 @@ from raygate.resources import ResourceRequest
 
 from .admission import Admission
 from .caps import Reservations, reservations_for
-from .kernel import Kernel, RegistryObserver, iso
+from .kernel import Kernel, RegistryObserver, consecutive_restarts, iso
 from .pool import WarmPool
 
 __all__ = ["Kernel", "KernelRegistry", "RegistryObserver", "iso"]
@@ -402,10 +402,14 @@ class KernelRegistry:
         return kernel
 
     async def _restart(self, kernel: Kernel, reason: str) -> None:
+        """The statuses clients see are those of jupyter_server's own kernels (its
+        ``restarting`` callback, then the new kernel's ``starting``). JupyterLab reads
+        `restarting` as "the kernel died and is being restarted automatically" and shows a
+        modal error, so it is sent only for those; a restart a client asked for shows the
+        old kernel's answer to its ``shutdown_request`` (the supervisor asks it to shut
+        down), then ``starting``. That ``starting`` is raygate's: a subscriber reconnecting
+        to the new kernel may miss the kernel's own, which is not shown instead."""
         channels = kernel.channels
-        # JupyterLab reads `restarting` as "the kernel died and is being restarted
-        # automatically" and shows a modal error; jupyter_server publishes it only for such
-        # restarts. A restart the client asked for shows the new kernel's `starting` instead.
         if reason:
             channels.broadcast_status("restarting", reason)
         channels.expect_restart()
@@ -416,8 +420,7 @@ class KernelRegistry:
         if connection != kernel.handle.connection:
             kernel.handle.connection = connection
             channels.reconnect(connection)
-        if not reason:
-            channels.broadcast_status("starting")
+        channels.broadcast_status("starting")
         timeout = kernel.handle.request.launch_timeout
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
@@ -442,6 +445,8 @@ class KernelRegistry:
             if connection != kernel.handle.connection:
                 kernel.handle.connection = connection
                 channels.reconnect(connection)
+        if channels.execution_state == "starting":
+            channels.execution_state = "idle"  # ready: the restart's answer says so
         log.info("kernel %s: restarted", kernel.id)
         if kernel.warm:
             await self.pool.reapply(kernel)
@@ -522,7 +527,13 @@ class KernelRegistry:
         # What a notebook shows under the cell that ran (e.g. a kernel stopped for its
         # memory limit: the reason names the limit); the status notices below carry it too.
         kernel.channels.notify_stderr(f"raygate: the kernel died: {reason}\n")
-        if kernel.restarts < self.config.restart_limit and kernel.id in self.kernels:
+        now = time.monotonic()
+        kernel.restarts_in_a_row = consecutive_restarts(
+            kernel.restarts_in_a_row, kernel.died_at, now
+        )
+        kernel.died_at = now
+        if kernel.restarts_in_a_row < self.config.restart_limit and kernel.id in self.kernels:
+            kernel.restarts_in_a_row += 1
             kernel.restarts += 1
             try:
                 await self.restart(kernel.id, reason=f"kernel died: {reason}")
