@@ -26,6 +26,8 @@ from .isolation import check_config as check_isolation
 from .kernels.registry import KernelRegistry
 from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
+from .notebook_http.service import NotebookHttp
+from .notebook_http.settings import NotebookHttpConfig
 from .sessions import SessionStore
 from .settings import build
 from .users import UsersFile
@@ -68,6 +70,23 @@ def api_routes() -> list[BaseRoute]:
         Route("/metrics", metrics_handler.metrics, methods=["GET"]),
         Route("/api/swagger.json", status.swagger, methods=["GET"]),
     ]
+
+
+KERNEL_API_PATHS = ("/api/kernel", "/api/sessions", "/kernelspecs")
+"""Route paths of the kernel API itself (not served by --api notebook-http alone)."""
+
+
+def served_routes(nb: NotebookHttpConfig, notebook: NotebookHttp | None) -> list[BaseRoute]:
+    """The routes ``--api`` asks for: the kernel API, the notebook's endpoints (first, so
+    that they win over the gateway's own pages; under --notebook-http-prefix when the
+    kernel API is served too), or both; the gateway's status, health and metrics always."""
+    routes = api_routes()
+    if notebook is None:
+        return routes
+    if nb.kernel_api:
+        return [*notebook.routes(nb.notebook_http_prefix), *routes]
+    own = [r for r in routes if not getattr(r, "path", "").startswith(KERNEL_API_PATHS)]
+    return [*notebook.routes(), *own]
 
 
 def open_paths(config: GatewayConfig) -> list[str]:
@@ -144,10 +163,20 @@ def create_app(
     registry.admission.accounts = users
     metrics = GatewayMetrics(registry)
     registry.observer = metrics
+    nb = build(NotebookHttpConfig, settings or {})
+    # A seed notebook that cannot be served is a ValueError here, before serve listens.
+    notebook = NotebookHttp(nb, config, registry, metrics.registry) if nb.notebook_http else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await registry.open()
+        if notebook is not None:
+            try:
+                await notebook.open()
+            except BaseException as exc:
+                log.error("%s", exc)
+                await registry.close()
+                raise
         if users is not None:
             watch_sighup(users)
         app.state.ready = True
@@ -157,9 +186,11 @@ def create_app(
         finally:
             app.state.ready = "stopping"
             log.info("shutting down %d kernel(s)", len(registry.kernels))
+            if notebook is not None:
+                await notebook.close()
             await registry.close()
 
-    routes = api_routes()
+    routes = served_routes(nb, notebook)
     if config.base_url != "/":
         routes = [Mount(config.base_url.rstrip("/"), routes=routes)]
 
@@ -199,6 +230,7 @@ def create_app(
     app.state.ready = False
     app.state.kernelspecs = specs
     app.state.registry = registry
+    app.state.notebook_http = notebook
     app.state.metrics = metrics
     app.state.sessions = SessionStore(registry, config)
     return app

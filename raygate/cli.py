@@ -23,6 +23,7 @@ from .config import GatewayConfig
 from .kernelspec_cli import kernelspec
 from .limits import log_capacity, raise_open_files_limit
 from .logs import configure_logging
+from .notebook_http.settings import NotebookHttpConfig
 from .settings import Flag, Setting, declared, merge
 
 ENV_PREFIX = "RAYGATE"
@@ -75,7 +76,10 @@ def serve_settings() -> list[tuple[str, Setting]]:
     from raygate.launchers import LauncherError, launcher_kinds
 
     try:
-        owners: dict[str, type] = {"the gateway": GatewayConfig}
+        owners: dict[str, type] = {
+            "the gateway": GatewayConfig,
+            "notebook-http": NotebookHttpConfig,
+        }
         for kind, cls in launcher_kinds().items():
             if cls.settings is not None:
                 owners[f"launcher {kind!r}"] = cls.settings

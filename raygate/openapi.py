@@ -192,6 +192,14 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Per launcher that can tell (e.g. ray): its nodes' CPUs, GPUs "
                 "and memory, total and available, and the sums over them.",
             },
+            "notebook_http": {
+                "type": "object",
+                "nullable": True,
+                "description": "With --api notebook-http: the endpoint kernels (state, "
+                "requests served, host), queue length and limit, requests/s and latency "
+                "(p50, p95) over the last minute, and counts of refused, timed-out and "
+                "replaced; null otherwise.",
+            },
             "gateway": {
                 "type": "object",
                 "properties": {

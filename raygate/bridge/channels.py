@@ -94,6 +94,9 @@ class KernelChannels:
         self._restarting = False
         """Between :meth:`expect_restart` and the new kernel's readiness: the gateway
         announces the restart's ``starting`` itself, so the kernel's own is not shown."""
+        self.iopub_watchers: dict[str, Callable[[Message], None]] = {}
+        """parent msg_id -> a callback given each iopub message that request caused, for
+        raygate's own executions (notebook-http); set and removed by their caller."""
 
     # -- sockets -------------------------------------------------------------
 
@@ -204,6 +207,10 @@ class KernelChannels:
         if message.channel == "iopub":
             if self._probes and message.parent_msg_id() in self._probes:
                 self._iopub_seen.set()
+            if self.iopub_watchers:
+                watcher = self.iopub_watchers.get(message.parent_msg_id())
+                if watcher is not None:
+                    watcher(message)
             msg_type = message.msg_type
             if msg_type == "status" or msg_type == "iopub_welcome":
                 state = message.content().get("execution_state")

@@ -110,11 +110,13 @@ async def api_status(request: Request) -> JSONResponse:
     kernels = registry(request)
     now = datetime.now(UTC)
     metrics = request.app.state.metrics
+    notebook = getattr(request.app.state, "notebook_http", None)
     return JSONResponse(
         {
             "kernels": [kernel_row(k, now) for k in kernels.list() if sees(request, k)],
             "capacity": await _capacity(request),
             "pool": kernels.pool.status(),  # warm kernels: not users', so not in "kernels"
+            "notebook_http": notebook.status() if notebook is not None else None,
             "gateway": {
                 "version": __version__,
                 "uptime": time.time() - metrics.started_at,
