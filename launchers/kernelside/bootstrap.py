@@ -80,6 +80,7 @@ log = logging.getLogger("raygate.bootstrap")
 
 SECRET_ENV = "RAYGATE_KERNEL_SECRET"
 SETTINGS_ENV = "RAYGATE_BOOTSTRAP_SETTINGS"
+BASE64_SETTINGS = "base64:"
 ADVERTISE_ENV = "RAYGATE_ADVERTISE_ADDRESS"
 REPORT_TIMEOUT = 30.0
 KEPT_PAGE_BYTES = 600_000
@@ -95,6 +96,10 @@ def load_config(config_file: str | None, keep: bool = False) -> dict[str, Any]:
     try:
         if not config_file and os.environ.get(SETTINGS_ENV):
             text = os.environ.pop(SETTINGS_ENV)
+            # base64 where the variable travels through a shell script that does not escape
+            # it (a YARN NodeManager's launch_container.sh writes export K="V" as it is)
+            if text.startswith(BASE64_SETTINGS):
+                text = base64.b64decode(text[len(BASE64_SETTINGS) :]).decode()
         elif config_file:
             with open(config_file) as f:
                 text = f.read()

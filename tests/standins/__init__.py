@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,22 @@ def ticking_lifespan(tick: Callable[[], None], shutdown: Callable[[], None]) -> 
             shutdown()
 
     return lifespan
+
+
+async def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a container's or pod's process group as a NodeManager or kubelet does: SIGTERM,
+    then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def start(module: str, port: int, args: list[str], log_path: str, probe: str) -> subprocess.Popen:

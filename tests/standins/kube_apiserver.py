@@ -71,7 +71,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from standins import ticking_lifespan
+from standins import stop_group, ticking_lifespan
 
 NODE = "standin-node"
 POD_IP = "127.0.0.1"
@@ -502,16 +502,8 @@ class Cluster:
 
     async def stop(self, key: tuple[str, str], grace: float) -> None:
         proc = self.procs.pop(key, None)
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            await stop_group(proc, grace)
         self.pods.pop(key, None)
         self.pull_failed.pop(key, None)
         for (ns, _name), secret in list(self.secrets.items()):
