@@ -23,6 +23,7 @@ from .errors import APIError, handle_api_error, handle_http_exception, handle_un
 from .handlers import api, channels, health, kernels, kernelspecs, sessions, status
 from .handlers import metrics as metrics_handler
 from .isolation import check_config as check_isolation
+from .jupyterhub import hub_identity
 from .kernels.registry import KernelRegistry
 from .kernelspecs import KernelSpecs
 from .metrics import GatewayMetrics
@@ -30,7 +31,7 @@ from .notebook_http.service import NotebookHttp
 from .notebook_http.settings import NotebookHttpConfig
 from .sessions import SessionStore
 from .settings import build
-from .users import UsersFile
+from .users import IdentitySource, UsersFile
 
 log = logging.getLogger("raygate")
 
@@ -153,9 +154,21 @@ def create_app(
     """The gateway's app; ``settings``: every setting's value by name (``raygate serve``
     passes what it parsed), of which the launchers' reach the launchers."""
     config = config or GatewayConfig()
-    check_isolation(config.kernel_isolation, config.users_file, config.user_header, config.prewarm)
+    check_isolation(
+        config.kernel_isolation,
+        config.users_file,
+        config.user_header,
+        config.prewarm,
+        config.jupyterhub_api_url,
+    )
     # A bad users file is a ValueError here (UsersFileError), reported by `serve` as such.
     users = UsersFile(config.users_file) if config.users_file else None
+    hub = None
+    if config.jupyterhub_api_url:
+        hub = hub_identity(
+            config.jupyterhub_api_url, config.jupyterhub_api_token, config.jupyterhub_cache_seconds
+        )
+    identities: list[IdentitySource] = [source for source in (users, hub) if source is not None]
     specs = KernelSpecs(config.default_kernel_name, config.kernelspec_dirs)
     launchers = launchers if launchers is not None else default_launchers(config, settings)
     check_launcher_kinds(config, specs, launchers)
@@ -189,6 +202,8 @@ def create_app(
             if notebook is not None:
                 await notebook.close()
             await registry.close()
+            if hub is not None:
+                await hub.close()
 
     routes = served_routes(nb, notebook)
     if config.base_url != "/":
@@ -211,7 +226,7 @@ def create_app(
             TokenAuthMiddleware,
             token=config.auth_token,
             open_paths=[config.base_url + path for path in open_paths(config)],
-            users=users,
+            identities=identities,
             user_header=config.user_header,
         )
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .groups import parse_group_caps
 from .kernels.prewarm import parse_prewarm
 from .settings import Choice, Integer, Items, Number, Parsed, Size, Text, setting
 
@@ -211,6 +212,35 @@ class GatewayConfig:
     )
     max_memory_per_user: int = setting(
         0, "Most memory one user's kernels ask for together, e.g. 64Gi (0: no cap).", Size()
+    )
+    group_caps: dict[str, dict[str, float]] = setting(
+        {},
+        "Per-user caps that differ per group: a config file table per group, "
+        '[group_caps.physics] with max_gpus_per_user = 8 (or JSON: {"physics": '
+        '{"max_gpus_per_user": 8}}). A member of several such groups gets the most generous '
+        "of each cap; users in none get the --max-*-per-user caps (docs/jupyterhub.md).",
+        Parsed(parse_group_caps, metavar="JSON"),
+    )
+    """Group -> the caps its members get in place of the ``max_*_per_user`` ones
+    (:func:`raygate.users.caps_for`)."""
+    jupyterhub_api_url: str = setting(
+        "",
+        "JupyterHub's API, e.g. http://hub:8081/hub/api: a client's token is checked there "
+        "and names a Hub user and their groups (raygate is a Hub service; docs/jupyterhub.md).",
+        show_default=False,
+    )
+    jupyterhub_api_token: str = setting(
+        "",
+        "This service's own Hub API token (as JupyterHub gives its services, in "
+        "JUPYTERHUB_API_TOKEN).",
+        show_default=False,
+        envvars=("JUPYTERHUB_API_TOKEN",),
+    )
+    jupyterhub_cache_seconds: float = setting(
+        30.0,
+        "Seconds the Hub's answer for a token is kept: a revoked token stops working "
+        "within this time (0: ask the Hub on every request).",
+        Number(min=0),
     )
     discovery_interval: float = setting(
         2.0,

@@ -47,17 +47,19 @@ class Identity:
     gid: int
 
 
-def check_config(isolation: str, users_file: str, user_header: str, prewarm: Any) -> None:
+def check_config(
+    isolation: str, users_file: str, user_header: str, prewarm: Any, jupyterhub_api_url: str = ""
+) -> None:
     """ValueError for settings that cannot serve this isolation (called at startup)."""
     if isolation not in ISOLATIONS:
         raise ValueError(f"--kernel-isolation must be one of {', '.join(ISOLATIONS)}")
     if isolation != "users":
         return
-    if not users_file and not user_header:
+    if not users_file and not user_header and not jupyterhub_api_url:
         raise ValueError(
             "--kernel-isolation users runs each kernel as its user's account, so users must "
-            "be authenticated: give --users-file (per-user tokens) or --user-header (a "
-            "trusted proxy's)"
+            "be authenticated: give --users-file (per-user tokens), --jupyterhub-api-url "
+            "(Hub users' tokens) or --user-header (a trusted proxy's)"
         )
     if prewarm:
         raise ValueError(

@@ -61,7 +61,7 @@ class SessionStore:
             raise APIError(404, f"Session not found: {session_id}")
         return session
 
-    async def _kernel_for(self, spec: Any, user: str | None) -> str:
+    async def _kernel_for(self, spec: Any, user: str | None, groups: frozenset[str]) -> str:
         if not isinstance(spec, dict):
             raise APIError(400, "'kernel' must be an object with 'name' or 'id'")
         kernel_id = spec.get("id")
@@ -70,10 +70,14 @@ class SessionStore:
             if not may_see(self.config, user, kernel.username):
                 raise APIError(404, f"Kernel does not exist: {kernel_id}")
             return kernel.id
-        kernel = await self.registry.start(spec.get("name"), spec.get("env"), user=user)
+        kernel = await self.registry.start(
+            spec.get("name"), spec.get("env"), user=user, groups=groups
+        )
         return kernel.id
 
-    async def create(self, body: dict[str, Any], user: str | None) -> Session:
+    async def create(
+        self, body: dict[str, Any], user: str | None, groups: frozenset[str] = frozenset()
+    ) -> Session:
         notebook = body.get("notebook")
         path = body.get("path") or (notebook.get("path") if isinstance(notebook, dict) else None)
         if not isinstance(path, str) or not path:
@@ -82,7 +86,7 @@ class SessionStore:
         for session in self.sessions.values():
             if session.path == path and session.owner == user:
                 return session
-        kernel_id = await self._kernel_for(body.get("kernel") or {}, user)
+        kernel_id = await self._kernel_for(body.get("kernel") or {}, user, groups)
         session = Session(
             id=str(uuid.uuid4()),
             path=path,
@@ -94,7 +98,13 @@ class SessionStore:
         self.sessions[session.id] = session
         return session
 
-    async def update(self, session_id: str, body: dict[str, Any], user: str | None) -> Session:
+    async def update(
+        self,
+        session_id: str,
+        body: dict[str, Any],
+        user: str | None,
+        groups: frozenset[str] = frozenset(),
+    ) -> Session:
         session = self.get(session_id, user)
         for key in ("path", "name", "type"):
             if key in body:
@@ -103,7 +113,7 @@ class SessionStore:
                 setattr(session, key, body[key])
         if "kernel" in body:
             old = session.kernel_id
-            session.kernel_id = await self._kernel_for(body["kernel"], user)
+            session.kernel_id = await self._kernel_for(body["kernel"], user, groups)
             if old != session.kernel_id and old in self.registry.kernels:
                 await self.registry.shutdown(old)
         return session

@@ -72,7 +72,7 @@ def test_the_users_file_takes_plain_tokens_and_a_per_user_table(tmp_path: os.Pat
 @pytest.mark.parametrize(
     "text, words",
     [
-        ('[users.a]\nshell = "/bin/sh"\n', "only 'token', 'account', 'uid' and 'gid'"),
+        ('[users.a]\nshell = "/bin/sh"\n', "only 'token', 'account', 'uid', 'gid' and 'groups'"),
         ("[users.a]\nuid = 1000\n", "uid and gid go together"),
         ("[users.a]\nuid = 0\ngid = 100\n", "uid = 0 is root's"),
         ("[users.a]\nuid = 1000\ngid = 0\n", "gid = 0 is root's"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from raygate.users import authenticated_user
+from raygate.users import authenticated_groups, authenticated_user
 
 from .common import find_kernel, json_body, registry, sees, url
 
@@ -18,7 +18,9 @@ async def list_kernels(request: Request) -> JSONResponse:
 async def start_kernel(request: Request) -> JSONResponse:
     body = await json_body(request)
     user = authenticated_user(request)
-    kernel = await registry(request).start(body.get("name"), body.get("env"), user=user)
+    kernel = await registry(request).start(
+        body.get("name"), body.get("env"), user=user, groups=authenticated_groups(request)
+    )
     return JSONResponse(
         kernel.model(),
         status_code=201,

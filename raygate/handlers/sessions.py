@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from raygate.sessions import SessionStore
-from raygate.users import authenticated_user
+from raygate.users import authenticated_groups, authenticated_user
 
 from .common import json_body, url
 
@@ -23,7 +23,7 @@ async def list_sessions(request: Request) -> JSONResponse:
 async def create_session(request: Request) -> JSONResponse:
     store = _store(request)
     body = await json_body(request, required=True)
-    session = await store.create(body, authenticated_user(request))
+    session = await store.create(body, authenticated_user(request), authenticated_groups(request))
     return JSONResponse(
         store.model(session),
         status_code=201,
@@ -41,7 +41,8 @@ async def update_session(request: Request) -> JSONResponse:
     store = _store(request)
     body = await json_body(request, required=True)
     user = authenticated_user(request)
-    session = await store.update(request.path_params["session_id"], body, user)
+    groups = authenticated_groups(request)
+    session = await store.update(request.path_params["session_id"], body, user, groups)
     return JSONResponse(store.model(session))
 
 

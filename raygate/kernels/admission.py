@@ -31,7 +31,7 @@ from raygate.resources import (
     request_for,
     with_default_limits,
 )
-from raygate.users import Usage, check_allowed, claim_username
+from raygate.users import Usage, caps_for, check_allowed, claim_username
 
 from .caps import Claim, Reservations
 
@@ -133,10 +133,13 @@ class Admission:
         """What ``username``'s kernels, running and starting, hold."""
         return self.reservations.usage(username)
 
-    async def admit(self, name: Any, env: Any, user: str | None = None) -> Admitted:
+    async def admit(
+        self, name: Any, env: Any, user: str | None = None, groups: frozenset[str] = frozenset()
+    ) -> Admitted:
         """Admit a start request for kernelspec ``name`` (None: the default) with ``env``
         (the request's, unvalidated); ``user``: the authenticated user, who overrides the
-        request's ``KERNEL_USERNAME``. Called by the registry's ``start``.
+        request's ``KERNEL_USERNAME``, in ``groups`` (their lists' ``group:`` entries and
+        ``group_caps`` apply). Called by the registry's ``start``.
 
         The caller settles every admitted start with :meth:`started` or :meth:`ended`.
         """
@@ -152,7 +155,9 @@ class Admission:
             self.config.max_kernel_launch_timeout,
         )
         launcher = self.launcher_for(spec)
-        check_allowed(self.config, username, name, spec.raygate)
+        # Groups are the authenticated user's: a KERNEL_USERNAME-named user has none.
+        groups = groups if user else frozenset()
+        check_allowed(self.config, username, name, spec.raygate, groups)
         identity = admit(self.config.kernel_isolation, user, self.accounts)
         # Counted before the first await, so concurrent starts cannot overshoot the limit.
         limit = self.config.max_kernels
@@ -164,7 +169,8 @@ class Admission:
         kernel_id = str(uuid.uuid4())
         self._starting.add(kernel_id)
         try:
-            await self.reservations.reserve(Claim(kernel_id, username, resources))
+            caps = caps_for(self.config, groups)
+            await self.reservations.reserve(Claim(kernel_id, username, resources, caps))
         except BaseException:
             self._starting.discard(kernel_id)
             raise

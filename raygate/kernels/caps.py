@@ -24,7 +24,7 @@ from typing import Protocol
 from raygate.config import GatewayConfig
 from raygate.errors import APIError
 from raygate.resources import ResourceRequest
-from raygate.users import Usage, check_user_limits
+from raygate.users import Usage, UserCaps, caps_for, check_user_limits
 
 from .ledger import Entry, Ledger, Liveness
 
@@ -44,6 +44,12 @@ class Claim:
     kernel_id: str
     username: str | None
     resources: ResourceRequest
+    caps: UserCaps | None = None
+    """The user's caps (:func:`raygate.users.caps_for`); None: the ``--max-*-per-user``
+    ones."""
+
+    def user_caps(self, config: GatewayConfig) -> UserCaps:
+        return self.caps if self.caps is not None else caps_for(config)
 
 
 class Reservations(abc.ABC):
@@ -92,7 +98,8 @@ class LocalReservations(Reservations):
         return Usage.of(held)
 
     async def reserve(self, claim: Claim) -> None:
-        check_user_limits(self.config, claim.username, self.usage(claim.username), claim.resources)
+        caps = claim.user_caps(self.config)
+        check_user_limits(caps, claim.username, self.usage(claim.username), claim.resources)
         self.in_flight[claim.kernel_id] = claim
 
     async def started(self, claim_id: str, kernel_id: str) -> None:
@@ -216,7 +223,7 @@ class SharedReservations(Reservations):
                 )
                 ledger = ledger.pruned(live)
             held = ledger.usage(self.running(username))
-            check_user_limits(self.config, username, held, claim.resources)
+            check_user_limits(claim.user_caps(self.config), username, held, claim.resources)
             return ledger.holding(claim.kernel_id, entry)
 
         # In flight from before the write: a concurrent start of this replica that reads
@@ -277,7 +284,7 @@ def reservations_for(
     that offers one (its kernels are shared by replicas), when any per-user cap is set;
     else on its own. ``running``: the user's kernels in the gateway's table, by id. Called
     by the registry."""
-    capped = config.max_kernels_per_user or config.max_gpus_per_user or config.max_memory_per_user
+    capped = caps_for(config).any or bool(config.group_caps)
     if capped:
         for launcher in launchers.values():
             store = launcher.ledger_store()

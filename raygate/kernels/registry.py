@@ -279,10 +279,17 @@ class KernelRegistry:
     # -- starting -----------------------------------------------------------------
 
     @_observe_failures
-    async def start(self, name: str | None, env: Any, user: str | None = None) -> Kernel:
+    async def start(
+        self,
+        name: str | None,
+        env: Any,
+        user: str | None = None,
+        groups: frozenset[str] = frozenset(),
+    ) -> Kernel:
         """Start a kernel of kernelspec ``name``. ``user``: the authenticated user (users
-        file or trusted header), who overrides the request's KERNEL_USERNAME."""
-        admitted = await self.admission.admit(name, env, user)
+        file, JupyterHub or trusted header), who overrides the request's KERNEL_USERNAME;
+        ``groups``: theirs."""
+        admitted = await self.admission.admit(name, env, user, groups)
         request = admitted.request
         kernel_id_var.set(request.kernel_id)
         self.hold(request.kernel_id)
