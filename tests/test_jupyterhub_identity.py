@@ -154,7 +154,7 @@ def test_group_caps_parse_from_toml_tables_and_json() -> None:
     }
     assert parse_group_caps("") == {}
     for bad in ({"a": {"max_kernels": 2}}, {"a": {}}, {"a": 3}, {"a": {"max_gpus_per_user": -1}}):
-        with pytest.raises(ValueError, match="group_caps.a"):
+        with pytest.raises(ValueError, match=r"group_caps\.a"):
             parse_group_caps(bad)
     with pytest.raises(ValueError, match="max_memory_per_user"):
         parse_group_caps({"a": {"max_memory_per_user": "lots"}})
