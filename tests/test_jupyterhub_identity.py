@@ -6,6 +6,7 @@ The real Hub is in tests/test_jupyterhub.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -111,6 +112,40 @@ def test_a_services_token_is_nobody_and_scopes_are_required() -> None:
         run(hub.principal_for("t-narrow"))
     assert err.value.status == 403 and "access:services!service=raygate" in err.value.message
     assert run(hub.principal_for("t-admin")).name == "root"
+
+
+async def test_a_hub_that_is_down_is_a_503_and_the_probes_stay_up() -> None:
+    """The auth middleware in front of an app, its Hub a port where nothing listens: a
+    user's token gets a 503 JSON error saying so, not a 500; the health probe (an open
+    path) and the static token keep working."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from raygate.auth import TokenAuthMiddleware
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}/hub/api"  # closed when used
+    hub = hub_identity(down, "service-token", 30)
+
+    async def whoami(request: Any) -> JSONResponse:
+        return JSONResponse({"user": request.scope.get("raygate.user")})
+
+    app = Starlette(routes=[Route("/api/kernels", whoami), Route("/api/health", whoami)])
+    guarded = TokenAuthMiddleware(app, "static", ["/api/health"], identities=[hub])
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://raygate") as client:
+        r = await client.get("/api/kernels", headers={"Authorization": "token users-token"})
+        assert r.status_code == 503
+        assert set(r.json()) == {"reason", "message"}
+        assert "JupyterHub did not answer" in r.json()["message"] and down in r.json()["message"]
+        r = await client.get("/api/health", headers={"Authorization": "token users-token"})
+        assert r.status_code == 200
+        r = await client.get("/api/kernels", headers={"Authorization": "token static"})
+        assert r.status_code == 200 and r.json() == {"user": None}
+    await hub.close()
 
 
 def test_settings_that_cannot_work_are_refused() -> None:
