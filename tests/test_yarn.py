@@ -42,11 +42,15 @@ from kgclient import Gateway
 LIVENESS_EXPIRY = 10.0
 
 
-def start_rm(root: Any, *args: str) -> tuple[str, Any, str]:
+def start_rm(
+    root: Any, *args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+) -> tuple[str, Any, str]:
+    """A stand-in RM: its URL (on ``host``), process and log."""
     port = free_port()
     log_path = str(root / f"rm-{port}.log")
-    proc = standins.start("yarn_rm", port, list(args), log_path, "/ws/v1/cluster/scheduler")
-    return f"http://127.0.0.1:{port}", proc, log_path
+    probe = "/ws/v1/cluster/scheduler"
+    proc = standins.start("yarn_rm", port, list(args), log_path, probe, env=env)
+    return f"http://{host}:{port}", proc, log_path
 
 
 @pytest.fixture(scope="module")

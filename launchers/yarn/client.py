@@ -46,7 +46,7 @@ class Negotiate(httpx.Auth):
             import gssapi
         except ImportError as exc:
             raise RuntimeError(
-                "--yarn-keytab needs the gssapi package (pip install raygate[yarn])"
+                "--yarn-keytab needs the gssapi package (pip install 'raygate[yarn-kerberos]')"
             ) from exc
         self.gssapi = gssapi
         self.principal = principal

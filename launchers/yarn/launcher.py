@@ -325,9 +325,11 @@ class YarnLauncher(RemoteLauncher):
             try:
                 await self.rm.call("POST", SERVICES, definition, user=owner)
             except RMError as exc:
+                # 503: unreachable; 401/403: the gateway may not (authenticate, impersonate
+                # the user): the operator's to fix; else the RM refused what was asked
+                status = {503: 503, 401: 500, 403: 500}.get(exc.status, 400)
                 raise KernelStartError(
-                    f"the YARN ResourceManager refused service {name}: {exc}",
-                    status=503 if exc.status == 503 else 400,
+                    f"the YARN ResourceManager refused service {name}: {exc}", status=status
                 ) from None
             created = True
             payload, service = await self._wait_for_report(report, name, owner, request, deadline)

@@ -63,14 +63,22 @@ async def stop_group(proc: subprocess.Popen, grace: float) -> None:
         proc.wait()
 
 
-def start(module: str, port: int, args: list[str], log_path: str, probe: str) -> subprocess.Popen:
-    """Run ``python -m standins.<module> --port <port> ...`` and wait until ``probe``
-    answers over HTTP."""
+def start(
+    module: str,
+    port: int,
+    args: list[str],
+    log_path: str,
+    probe: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Run ``python -m standins.<module> --port <port> ...`` (with ``env`` added to its
+    environment) and wait until ``probe`` answers over HTTP."""
     proc = subprocess.Popen(
         [sys.executable, "-m", f"standins.{module}", "--port", str(port), *args],
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
         cwd=HERE,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 30
     while True:
