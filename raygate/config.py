@@ -194,12 +194,17 @@ class GatewayConfig:
         "Only behind a proxy that strips it from clients' requests (empty: not trusted).",
         show_default=False,
     )
-    allow_users: list[str] = setting([], "Comma-separated users who may start kernels.", _USERS)
+    allow_users: list[str] = setting(
+        [], "Comma-separated users who may start kernels (group:NAME: a group's members).", _USERS
+    )
     """Users who may start kernels (empty: everyone not denied)."""
-    deny_users: list[str] = setting([], "Comma-separated users who may not start kernels.", _USERS)
+    deny_users: list[str] = setting(
+        [], "Comma-separated users who may not start kernels (group:NAME too).", _USERS
+    )
     admin_users: list[str] = setting(
         [],
-        "Comma-separated authenticated users who see and control every user's kernels.",
+        "Comma-separated authenticated users who see and control every user's kernels "
+        "(group:NAME too).",
         _USERS,
     )
     max_kernels_per_user: int = setting(

@@ -50,14 +50,16 @@ class SessionStore:
             "notebook": {"path": session.path, "name": session.name},
         }
 
-    def list(self, user: str | None) -> list[Session]:
+    def list(self, user: str | None, groups: frozenset[str] = frozenset()) -> list[Session]:
         self._prune()
-        return [s for s in self.sessions.values() if may_see(self.config, user, s.owner)]
+        return [s for s in self.sessions.values() if may_see(self.config, user, s.owner, groups)]
 
-    def get(self, session_id: str, user: str | None) -> Session:
+    def get(
+        self, session_id: str, user: str | None, groups: frozenset[str] = frozenset()
+    ) -> Session:
         self._prune()
         session = self.sessions.get(session_id)
-        if session is None or not may_see(self.config, user, session.owner):
+        if session is None or not may_see(self.config, user, session.owner, groups):
             raise APIError(404, f"Session not found: {session_id}")
         return session
 
@@ -67,7 +69,7 @@ class SessionStore:
         kernel_id = spec.get("id")
         if kernel_id:
             kernel = await self.registry.lookup(str(kernel_id))
-            if not may_see(self.config, user, kernel.username):
+            if not may_see(self.config, user, kernel.username, groups):
                 raise APIError(404, f"Kernel does not exist: {kernel_id}")
             return kernel.id
         kernel = await self.registry.start(
@@ -105,7 +107,7 @@ class SessionStore:
         user: str | None,
         groups: frozenset[str] = frozenset(),
     ) -> Session:
-        session = self.get(session_id, user)
+        session = self.get(session_id, user, groups)
         for key in ("path", "name", "type"):
             if key in body:
                 if not isinstance(body[key], str):
@@ -118,8 +120,10 @@ class SessionStore:
                 await self.registry.shutdown(old)
         return session
 
-    async def delete(self, session_id: str, user: str | None) -> None:
-        session = self.get(session_id, user)
+    async def delete(
+        self, session_id: str, user: str | None, groups: frozenset[str] = frozenset()
+    ) -> None:
+        session = self.get(session_id, user, groups)
         del self.sessions[session_id]
         if session.kernel_id in self.registry.kernels:
             await self.registry.shutdown(session.kernel_id)

@@ -247,9 +247,16 @@ def authenticated_groups(conn: HTTPConnection) -> frozenset[str]:
     return conn.scope.get(GROUPS_SCOPE_KEY) or frozenset()
 
 
-def may_see(config: GatewayConfig, viewer: str | None, owner: str | None) -> bool:
-    """Whether ``viewer`` (an authenticated user, or None) may see a kernel of ``owner``."""
-    return viewer is None or viewer == owner or viewer in config.admin_users
+def may_see(
+    config: GatewayConfig,
+    viewer: str | None,
+    owner: str | None,
+    groups: Iterable[str] = (),
+) -> bool:
+    """Whether ``viewer`` (an authenticated user in ``groups``, or None) may see a kernel of
+    ``owner``: their own, or anyone's for an admin (``--admin-users``, ``group:`` entries
+    too)."""
+    return viewer is None or viewer == owner or listed(config.admin_users, viewer, groups)
 
 
 def claim_username(env: dict[str, str], user: str | None) -> str | None:

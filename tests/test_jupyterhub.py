@@ -198,6 +198,8 @@ def hub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub,
             str(config),
             "--jupyterhub-api-url",
             hub_api,
+            "--admin-users",
+            "group:ops",
             "--jupyterhub-cache-seconds",
             str(CACHE_SECONDS),
         ],
@@ -247,6 +249,9 @@ async def test_hub_users_start_kernels_as_themselves(hub_gateway) -> None:
         assert bob.get(f"/api/kernels/{kernel['id']}").status_code == 404
         every = gateway.client.get("/api/kernels").json()  # the static token sees all
         assert {k["id"]: k["username"] for k in every}[kernel["id"]] == "ada"
+        ops = as_user(gateway, hub.user("olga", ["ops"]))  # --admin-users group:ops
+        assert kernel["id"] in {k["id"] for k in ops.get("/api/kernels").json()}
+        assert ops.get(f"/api/kernels/{kernel['id']}").json()["username"] == "ada"
     finally:
         ada.shutdown_kernel(kernel["id"])
 

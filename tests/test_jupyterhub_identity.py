@@ -179,6 +179,16 @@ def test_allow_and_deny_lists_take_groups() -> None:
     check_allowed(config, "ada", "py-gpu", spec, {"physics", "gpu"})
 
 
+def test_admins_by_group_see_every_kernel() -> None:
+    from raygate.users import may_see
+
+    config = GatewayConfig(admin_users=["root", "group:ops"])
+    assert may_see(config, "olga", "ada", {"ops"})
+    assert may_see(config, "root", "ada")
+    assert not may_see(config, "bob", "ada", {"physics"})
+    assert may_see(config, "bob", "bob")
+
+
 def test_group_caps_parse_from_toml_tables_and_json() -> None:
     table = {"physics": {"max_gpus_per_user": 4, "max_memory_per_user": "1Gi"}}
     assert parse_group_caps(table) == {

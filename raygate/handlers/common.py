@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection, Request
 from raygate.config import GatewayConfig
 from raygate.errors import APIError
 from raygate.kernels.registry import Kernel, KernelRegistry
-from raygate.users import authenticated_user, may_see
+from raygate.users import authenticated_groups, authenticated_user, may_see
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -32,7 +32,8 @@ def url(conn: HTTPConnection, path: str) -> str:
 def sees(conn: HTTPConnection, kernel: Kernel) -> bool:
     """Whether the request's user may see (and control) the kernel: their own, or any when
     the request names no particular user or an admin."""
-    return may_see(config(conn), authenticated_user(conn), kernel.username)
+    user, groups = authenticated_user(conn), authenticated_groups(conn)
+    return may_see(config(conn), user, kernel.username, groups)
 
 
 async def find_kernel(conn: HTTPConnection) -> Kernel:

@@ -17,7 +17,8 @@ def _store(request: Request) -> SessionStore:
 
 async def list_sessions(request: Request) -> JSONResponse:
     store = _store(request)
-    return JSONResponse([store.model(s) for s in store.list(authenticated_user(request))])
+    sessions = store.list(authenticated_user(request), authenticated_groups(request))
+    return JSONResponse([store.model(s) for s in sessions])
 
 
 async def create_session(request: Request) -> JSONResponse:
@@ -33,7 +34,8 @@ async def create_session(request: Request) -> JSONResponse:
 
 async def get_session(request: Request) -> JSONResponse:
     store = _store(request)
-    session = store.get(request.path_params["session_id"], authenticated_user(request))
+    user, groups = authenticated_user(request), authenticated_groups(request)
+    session = store.get(request.path_params["session_id"], user, groups)
     return JSONResponse(store.model(session))
 
 
@@ -47,5 +49,6 @@ async def update_session(request: Request) -> JSONResponse:
 
 
 async def delete_session(request: Request) -> Response:
-    await _store(request).delete(request.path_params["session_id"], authenticated_user(request))
+    user, groups = authenticated_user(request), authenticated_groups(request)
+    await _store(request).delete(request.path_params["session_id"], user, groups)
     return Response(status_code=204)
