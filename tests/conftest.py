@@ -60,15 +60,19 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         token: str = TOKEN,
         expect_errors: Iterable[str] = (),
+        port: int = 0,
     ) -> None:
+        """``port``: listen there (a gateway restarted where its clients know it), not on a
+        free port."""
         self.args = args
         self.env = env
         self.token = token
         self.expect_errors = list(expect_errors)
+        self.pinned_port = port
         self._spawn()
 
     def _spawn(self) -> None:
-        self.port = free_port()
+        self.port = self.pinned_port or free_port()
         scheme = "https" if "--certfile" in self.args else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *self.args]
@@ -91,7 +95,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 # The free port found for it was taken by another process (a Ray worker,
                 # another test's kernel) before raygate bound it: again, on another port.
-                if "address already in use" in self.output() and respawns < 3:
+                taken = "address already in use" in self.output()
+                if taken and not self.pinned_port and respawns < 3:
                     respawns += 1
                     self.log.close()
                     self._spawn()

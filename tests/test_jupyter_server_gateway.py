@@ -24,7 +24,17 @@ JUPYTER_TOKEN = "jupyter-token"
 
 
 class JupyterServer:
-    def __init__(self, gateway: ServerProcess, root: str) -> None:
+    """A notebook server for ``gateway``; ``app``: the module to run (``jupyterlab`` serves
+    JupyterLab too), with ``args`` and ``env`` of its own added."""
+
+    def __init__(
+        self,
+        gateway: ServerProcess,
+        root: str,
+        app: str = "jupyter_server",
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(root, "jupyter.log")
@@ -33,7 +43,7 @@ class JupyterServer:
             [
                 sys.executable,
                 "-m",
-                "jupyter_server",
+                app,
                 f"--port={self.port}",
                 "--ip=127.0.0.1",
                 "--no-browser",
@@ -43,10 +53,11 @@ class JupyterServer:
                 f"--gateway-url={gateway.url}",
                 f"--GatewayClient.auth_token={gateway.token}",
                 "--GatewayClient.request_timeout=60",
+                *args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime")},
+            env={**os.environ, "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime"), **(env or {})},
         )
         self.client = Gateway(self.url, JUPYTER_TOKEN)
 
