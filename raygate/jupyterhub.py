@@ -21,6 +21,7 @@ Called by the auth middleware (:class:`raygate.auth.TokenAuthMiddleware`), as an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -62,6 +63,7 @@ class HubIdentity:
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._cache: OrderedDict[bytes, tuple[float, Principal | NotAllowed | None]] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[Principal | NotAllowed | None]] = {}
         self._service: str | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -126,7 +128,13 @@ class HubIdentity:
         if cached is not None and cached[0] > now:
             answer = cached[1]
         else:
-            answer = await self._check(token)
+            # Requests that arrive together with one token (a notebook server's first
+            # kernelspecs, kernels and sessions calls) share one question to the Hub.
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = asyncio.ensure_future(self._check(token))
+                pending.add_done_callback(lambda done: self._settled(key, done))
+            answer = await asyncio.shield(pending)
             if self.cache_seconds > 0:
                 self._cache[key] = (self.clock() + self.cache_seconds, answer)
                 self._cache.move_to_end(key)
@@ -135,6 +143,11 @@ class HubIdentity:
         if isinstance(answer, NotAllowed):
             raise APIError(403, str(answer))
         return answer
+
+    def _settled(self, key: bytes, done: asyncio.Future[Any]) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have gone meanwhile
 
     async def _check(self, token: str) -> Principal | NotAllowed | None:
         status, body = await self.ask(token)

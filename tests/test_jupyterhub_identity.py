@@ -40,6 +40,7 @@ class StandInHub(HubIdentity):
 
     async def ask(self, token: str) -> tuple[int, Any]:
         self.asked.append(token)
+        await asyncio.sleep(0)  # as a real question would, let other requests run
         answer = self.answers.get(token, (403, {"status": 403, "message": "Forbidden"}))
         if isinstance(answer, APIError):
             raise answer
@@ -69,6 +70,16 @@ def test_answers_are_cached_and_a_revoked_token_stops_within_the_period() -> Non
 
     run(scenario())
     assert hub.asked.count("t-ada") == 2
+
+
+def test_requests_arriving_together_share_one_question() -> None:
+    hub = StandInHub({"t-ada": (200, user("ada", []))})
+
+    async def scenario() -> list[Principal | None]:
+        return await asyncio.gather(*(hub.principal_for("t-ada") for _ in range(5)))
+
+    assert {p.name for p in run(scenario())} == {"ada"}
+    assert hub.asked.count("t-ada") == 1
 
 
 def test_a_hub_that_is_down_is_a_503_and_cached_identities_hold() -> None:
