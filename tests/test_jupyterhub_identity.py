@@ -159,6 +159,15 @@ async def test_a_hub_that_is_down_is_a_503_and_the_probes_stay_up() -> None:
     await hub.close()
 
 
+def test_serve_refuses_a_hub_without_its_token(refused_serve, monkeypatch) -> None:
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    monkeypatch.delenv("RAYGATE_JUPYTERHUB_API_TOKEN", raising=False)
+    result = refused_serve("--default-launcher", "local", "--jupyterhub-api-url", "http://h/api")
+    assert result.exit_code == 2 and "JUPYTERHUB_API_TOKEN" in result.output
+    result = refused_serve("--group-caps", '{"a": {"max_kernels": 1}}')
+    assert result.exit_code == 2 and "group_caps.a must set some of" in result.output
+
+
 def test_settings_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValueError, match="JUPYTERHUB_API_TOKEN"):
         hub_identity("http://hub:8081/hub/api", "", 30)
