@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -181,6 +182,12 @@ def test_answers_from_outcomes() -> None:
     ok = Outcome(stdout=["hi\n"])
     r = respond([Outcome(), ok], False)
     assert (r.status_code, r.body, r.headers["content-type"]) == (200, b"hi\n", "text/plain")
+    etag = r.headers["etag"]
+    assert etag == '"' + hashlib.sha1(b"hi\n").hexdigest() + '"'  # as Tornado makes it
+    assert respond([Outcome(), ok], False, "GET", etag).status_code == 304
+    assert respond([Outcome(), ok], False, "GET", f'"x", W/{etag}').status_code == 304
+    assert respond([Outcome(), ok], False, "POST", etag).status_code == 200
+    assert "etag" not in respond([Outcome(), ok], False, "POST").headers
     r = respond([Outcome(), Outcome(result={"text/plain": "3"})], False)
     assert r.body == b'{"text/plain": "3"}'  # no stdout: the result's data as JSON
     r = respond([Outcome(), Outcome(error="Error ValueError: x \n")], False)
@@ -189,7 +196,7 @@ def test_answers_from_outcomes() -> None:
     r = respond([Outcome(), ok, info], True)
     assert (r.status_code, r.headers["content-type"]) == (201, "application/json")
     r = respond([Outcome(), ok, Outcome(stdout=['{"status": 304}'])], True)
-    assert (r.status_code, r.body) == (304, b"")
+    assert (r.status_code, r.body, r.headers.get("content-type")) == (304, b"", None)
     for printed in ("not json", "[1]", '{"status": "200"}', '{"status": 99}', '{"headers": 1}'):
         with pytest.raises(APIError) as err:
             respond([Outcome(), ok, Outcome(stdout=[printed])], True)

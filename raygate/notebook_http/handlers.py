@@ -10,7 +10,9 @@ raises, an empty 405 for an annotated method the path lacks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,8 +87,8 @@ class EndpointRoute(BaseRoute):
 
     async def answer(self, request: Request, endpoint: Any, params: dict[str, str]) -> Response:
         method = request.method
-        if method == "OPTIONS":
-            return Response(b"", 200, headers={"Content-Type": "text/plain"})
+        if method == "OPTIONS":  # Kernel Gateway's (Tornado's) empty answer, type and all
+            return Response(b"", 200, headers={"Content-Type": "text/html; charset=UTF-8"})
         source = endpoint.sources.get(method)
         if source is None:
             allow = ", ".join(sorted(endpoint.sources))
@@ -109,7 +111,9 @@ class EndpointRoute(BaseRoute):
         if response_source is not None:
             codes.append(response_source)
         outcomes = await self.pool.run(codes)
-        return respond(outcomes, response_source is not None)
+        return respond(
+            outcomes, response_source is not None, method, request.headers.get("if-none-match", "")
+        )
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -138,9 +142,23 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(parts)
 
 
-def respond(outcomes: list[Outcome], has_response_cell: bool) -> Response:
+def etag_matches(etag: str, if_none_match: str) -> bool:
+    """Whether a request's ``If-None-Match`` names ``etag`` (``*``, or weakly equal)."""
+    tags = re.findall(r'\*|(?:W/)?"[^"]*"', if_none_match)
+    if not etag or not tags:
+        return False
+    if tags[0] == "*":
+        return True
+    return any(tag.removeprefix("W/") == etag.removeprefix("W/") for tag in tags)
+
+
+def respond(
+    outcomes: list[Outcome], has_response_cell: bool, method: str = "GET", if_none_match: str = ""
+) -> Response:
     """The HTTP answer from the outcomes of [REQUEST assignment, endpoint cell(s),
-    ResponseInfo cell (if any)]."""
+    ResponseInfo cell (if any)]. A GET answered 200 without an ETag of its cells' gets one
+    (the SHA-1 of its body) and is a 304 when the request's If-None-Match names it: Tornado
+    does this for Kernel Gateway, and clients of its notebooks may count on it."""
     failed = next((o for o in outcomes if o.error), None)
     if failed is not None:
         return Response(failed.error or "", 500, headers={"Content-Type": "text/plain"})
@@ -153,8 +171,14 @@ def respond(outcomes: list[Outcome], has_response_cell: bool) -> Response:
         if "status" in info:
             status = info["status"]
     body = outcomes[1].text if len(outcomes) >= 2 else ""
+    named = {k.lower() for k in headers}
+    if status == 200 and method in ("GET", "HEAD") and "etag" not in named:
+        headers["Etag"] = f'"{hashlib.sha1(body.encode()).hexdigest()}"'
+        if etag_matches(headers["Etag"], if_none_match):
+            status = 304
     if status in NO_BODY or status < 200:
-        body = ""
+        body = ""  # and no representation headers, as Tornado (so Kernel Gateway) sends
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     return Response(body.encode(), status, headers=headers)
 
 
