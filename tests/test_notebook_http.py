@@ -248,13 +248,21 @@ def test_seed_cell_that_raises_stops_serve(tmp_path: Path) -> None:
 
 
 def test_with_the_kernel_api_under_a_prefix(tmp_path: Path) -> None:
-    server = nb_server(tmp_path, "--api", "kernel,notebook-http")
+    culling = ("--cull-idle-timeout", "1", "--cull-interval", "0.2", "--cull-warning", "0")
+    server = nb_server(tmp_path, "--api", "kernel,notebook-http", *culling)
     try:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as http:
             assert http.get("/notebook/hello").text == "hello world\n"
             assert http.get("/notebook/_api/spec/swagger.json").status_code == 200
             assert http.get("/hello").status_code == 404
-            kernels = http.get("/api/kernels").json()
-            assert len(kernels) == 1  # the endpoint kernel, in the kernel table
+            (endpoint,) = http.get("/api/kernels").json()  # in the kernel table too
+            mine = http.post("/api/kernels", json={"name": "python3"}).json()["id"]
+            deadline = time.monotonic() + 30
+            while mine in {k["id"] for k in http.get("/api/kernels").json()}:
+                assert time.monotonic() < deadline, "the idle kernel was not culled"
+                time.sleep(0.2)
+            # The endpoint kernel, idle as long, is the gateway's own: not culled.
+            assert [k["id"] for k in http.get("/api/kernels").json()] == [endpoint["id"]]
+            assert http.get("/notebook/hello").text == "hello world\n"
     finally:
         server.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,12 @@ import httpx
 import pytest
 
 import nbhttp
-from conftest import TOKEN, ServerProcess, free_port, missing
+from conftest import TOKEN, ServerProcess, missing
 from nbhttp import write_notebook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import compare  # benchmarks/compare.py: Kernel Gateway's virtualenv
+import notebook_http as bench  # benchmarks/notebook_http.py: KG in notebook-http mode
 
 pytestmark = pytest.mark.xdist_group("notebook-http-kg")
 AUTH = {"Authorization": f"token {TOKEN}"}
@@ -116,52 +117,9 @@ SCRIPTS: dict[str, tuple[list, list[Step]]] = {
 }
 
 
-def kg_server(seed: str, scratch: Path, name: str) -> compare.Running:
-    """Kernel Gateway serving ``seed`` in notebook-http mode, with one kernel."""
-    home = scratch / f"kg-{name}"
-    home.mkdir()
-    server = compare.Running(
-        compare.Kind("kg", "Kernel Gateway", venv=compare.KG),
-        scratch / f"kg-{name}.log",
-        free_port(),
-    )
-    app = compare.KG.app
-    server.token = TOKEN
-    server.argv = [
-        str(compare.KG.python),
-        "-m",
-        compare.KG.module,
-        f"--{app}.ip=127.0.0.1",
-        f"--{app}.port={server.port}",
-        f"--{app}.port_retries=0",
-        f"--{app}.auth_token={TOKEN}",
-        f"--{app}.api=kernel_gateway.notebook_http",
-        f"--{app}.seed_uri={seed}",
-        f"--{app}.prespawn_count=1",
-    ]
-    server.env = compare.jupyter_env(compare.KG, home)
-    server.start()
-    return server
-
-
-def wait_serving(url: str, what: str, log: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if (
-                httpx.get(url + "/_api/spec/swagger.json", headers=AUTH, timeout=5).status_code
-                == 200
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} did not serve within {timeout:g} s:\n{log()}")
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, str]]]:
-    """Per notebook: (raygate's URL, Kernel Gateway's URL), all started at once."""
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Per notebook: (URL, auth headers) of raygate and of Kernel Gateway, all started at once."""
     scratch = tmp_path_factory.mktemp("kg")
     try:
         compare.ensure_venv(compare.KG, scratch)
@@ -169,18 +127,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
         missing(f"Jupyter Kernel Gateway's virtualenv ({exc})", "pip must reach PyPI")
     ours: dict[str, ServerProcess] = {}
     theirs: dict[str, compare.Running] = {}
+    run_id = uuid.uuid4().hex
     try:
         for name, (cells, _) in SCRIPTS.items():
             seed = write_notebook(scratch / f"{name}.ipynb", cells)
-            theirs[name] = kg_server(seed, scratch, name)
+            theirs[name] = bench.kg_notebook_server(seed, 1, run_id, scratch, f"kg-{name}")
+            theirs[name].start()
             ours[name] = ServerProcess(
                 ["--api", "notebook-http", "--seed-uri", seed, "--default-launcher", "local"]
             )
         for name in SCRIPTS:
             ours[name].wait_ready(120)
-            wait_serving(ours[name].url, f"raygate ({name})", ours[name].output)
-            wait_serving(theirs[name].url, f"Kernel Gateway ({name})", theirs[name].log_tail)
-        yield {name: (ours[name].url, theirs[name].url) for name in SCRIPTS}
+            bench.wait_serving(theirs[name])
+        yield {
+            name: ((ours[name].url, AUTH), (theirs[name].url, compare.headers(theirs[name])))
+            for name in SCRIPTS
+        }
     finally:
         for server in theirs.values():
             server.stop(30)
@@ -212,12 +174,12 @@ def answer(client: httpx.Client, step: Step, etag: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
-def test_same_answers_as_kernel_gateway(servers: dict[str, tuple[str, str]], name: str) -> None:
-    ours_url, theirs_url = servers[name]
+def test_same_answers_as_kernel_gateway(servers: dict[str, Any], name: str) -> None:
+    (ours_url, ours_auth), (theirs_url, theirs_auth) = servers[name]
     steps = SCRIPTS[name][1]
     with (
-        httpx.Client(base_url=ours_url, headers=AUTH, timeout=30) as ours,
-        httpx.Client(base_url=theirs_url, headers=AUTH, timeout=30) as theirs,
+        httpx.Client(base_url=ours_url, headers=ours_auth, timeout=30) as ours,
+        httpx.Client(base_url=theirs_url, headers=theirs_auth, timeout=30) as theirs,
     ):
         assert (
             ours.get("/_api/spec/swagger.json").json()

@@ -47,6 +47,8 @@ class Kernel:
     """``restarting`` or ``shutting down`` while the registry works on the kernel."""
     warm: bool = False
     """Served from the warm pool (started before its request came)."""
+    serves_gateway: bool = False
+    """One of notebook-http's endpoint kernels: the gateway's own, never culled."""
     cull_warned_at: datetime | None = None
     """When clients were warned that the kernel is about to be culled (None: not warned)."""
 

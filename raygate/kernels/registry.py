@@ -585,7 +585,7 @@ class KernelRegistry:
         now = datetime.now(UTC)
         culled = []
         for kernel in list(self.kernels.values()):
-            if kernel.busy_with:
+            if kernel.busy_with or kernel.serves_gateway:
                 continue
             channels = kernel.channels
             kept_by_client = bool(channels.clients) and not self.config.cull_connected

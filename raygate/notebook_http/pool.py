@@ -159,6 +159,7 @@ class EndpointPool:
             await self._settle(kernel)
         if kernel is None or kernel.id not in self.registry.kernels:
             kernel = slot.kernel = await self.registry.start(self.kernel_name, dict(KERNEL_ENV))
+            kernel.serves_gateway = True  # idle between requests, but not to be culled
         elif kernel.restarts == slot.restarts_seen:
             # Not restarted by the registry (a kernel stuck after an interrupt): restart it.
             await self.registry.restart(kernel.id)
