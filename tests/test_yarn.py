@@ -14,6 +14,7 @@ RM's ``yarn.am.liveness-monitor.expiry-interval-ms``, shortened).
 
 from __future__ import annotations
 
+import concurrent.futures
 import getpass
 import os
 import shlex
@@ -320,6 +321,29 @@ async def test_gateway_restart_finds_its_services(
     assert second.client.delete(f"/api/kernels/{kept['id']}").status_code == 204
     assert service(yarn_rm, kept["placement"]["service"]).status_code == 404
     assert wait_gone(remote_pids(kept) + remote_pids(lost)) == []
+
+
+def test_service_of_a_start_a_crashed_gateway_left_is_destroyed(
+    start_server: Callable[..., ServerProcess], yarn_args: list[str], yarn_rm: str, tmp_path: Any
+) -> None:
+    """The gateway dies while its kernel's service waits to be placed: the next gateway
+    destroys the service once that start's deadline has passed."""
+    yarn_args = list(yarn_args)
+    yarn_args[yarn_args.index("--state-dir") + 1] = str(tmp_path / "state")
+    gateway = start_server(*yarn_args)
+    body = {"name": "yarn-python", "env": {"KERNEL_QUEUE": "full", "KERNEL_LAUNCH_TIMEOUT": "3"}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(gateway.client.post, "/api/kernels", json=body)
+        deadline = time.monotonic() + 10
+        while not live_services(yarn_rm) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (name,) = live_services(yarn_rm)
+        gateway.stop(signal.SIGKILL)
+    start_server(*yarn_args)
+    deadline = time.monotonic() + 20
+    while service(yarn_rm, name).status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert service(yarn_rm, name).status_code == 404 and live_services(yarn_rm) == []
 
 
 def test_unreachable_resource_manager_is_a_503_that_names_it(

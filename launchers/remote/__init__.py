@@ -7,7 +7,13 @@
 * :mod:`.resources`: the resource request in the forms remote environments use.
 """
 
-from .base import DEAD_AFTER_FAILED_CHECKS, RemoteKernel, RemoteLauncher, RemoteSettings
+from .base import (
+    DEAD_AFTER_FAILED_CHECKS,
+    PENDING,
+    RemoteKernel,
+    RemoteLauncher,
+    RemoteSettings,
+)
 from .listener import ReportListener
 from .resources import (
     _resource_request,
@@ -19,6 +25,7 @@ from .state import StateStore, default_state_dir
 
 __all__ = [
     "DEAD_AFTER_FAILED_CHECKS",
+    "PENDING",
     "RemoteKernel",
     "RemoteLauncher",
     "RemoteSettings",

@@ -35,6 +35,11 @@ log = logging.getLogger("raygate.launchers.remote")
 DEAD_AFTER_FAILED_CHECKS = 3
 """Liveness checks that time out in a row before a kernel is taken for dead."""
 
+PENDING = "pending"
+"""Key of a record a launcher saves before it creates what a kernel runs in, so that what a
+crashed gateway left half-made can be found and removed (the YARN launcher's services);
+such a record has no connection yet and is never probed."""
+
 
 # -- the handle ---------------------------------------------------------------------------
 
@@ -360,6 +365,7 @@ class RemoteLauncher(Launcher):
             if r.get("kernel_id") not in known
             and r.get("kernel_id") not in self.kernels
             and self._unreachable.get(r.get("kernel_id", ""), 0) < now
+            and PENDING not in r  # still being started (a launcher that records that)
         ]
         return await self._probe_records(records, timeout=2.0)
 

@@ -55,6 +55,7 @@ from raygate.settings import setting
 from ..base import KernelHandle, KernelStartError, LaunchRequest
 from ..kernelside.bootstrap import SECRET_ENV, SETTINGS_ENV
 from ..remote import (
+    PENDING,
     RemoteKernel,
     RemoteLauncher,
     RemoteSettings,
@@ -85,6 +86,8 @@ APPS = "/ws/v1/cluster/apps"
 SCHEDULER = "/ws/v1/cluster/scheduler"
 POLL = 0.5
 SERVICES_API_SETTING = "yarn.webapp.api-service.enable"
+PENDING_MARGIN = 5.0
+"""Seconds past a launch's deadline before its unfinished record counts as left behind."""
 
 
 class YarnKernel(RemoteKernel):
@@ -319,6 +322,14 @@ class YarnLauncher(RemoteLauncher):
             size,
             f"raygate kernel {request.kernel_id} ({request.spec.name})",
         )
+        # Recorded before the service exists: a gateway that dies before the kernel reports
+        # leaves this, and the next one (or a replica) destroys what it finds after the
+        # launch's deadline (find_running, find_new).
+        until = time.time() + request.launch_timeout + PENDING_MARGIN
+        pending = {"service": name, "user": owner, "until": until}
+        self.state.save(
+            self.kind, request.kernel_id, {"kernel_id": request.kernel_id, PENDING: pending}
+        )
         report = self.listener.expect(request.kernel_id, secret)
         created = False
         try:
@@ -337,6 +348,7 @@ class YarnLauncher(RemoteLauncher):
             self.listener.forget(request.kernel_id)
             if created:
                 await self.destroy(name, owner)
+            self.state.remove(self.kind, request.kernel_id)
             raise
         container = kernel_container(service) or {}
         app_id = str(service.get("id") or "")
@@ -414,10 +426,30 @@ class YarnLauncher(RemoteLauncher):
 
     # -- after a gateway restart --
 
+    async def _sweep_pending(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Destroy the services of launches that ran past their deadline with no report (a
+        gateway died while starting them); the records of kernels that did start."""
+        now = time.time()
+        started = []
+        for record in records:
+            pending = record.get(PENDING)
+            if not isinstance(pending, dict):
+                started.append(record)
+                continue
+            if float(pending.get("until") or 0) < now:
+                log.info(
+                    "destroying YARN service %s: its start was never finished",
+                    pending.get("service"),
+                )
+                if pending.get("service"):
+                    await self.destroy(str(pending["service"]), pending.get("user"))
+                self.state.remove(self.kind, str(record.get("kernel_id")))
+        return started
+
     async def find_running(self) -> list[KernelHandle]:
         if not self.endpoint:
             return []
-        records = self.state.load(self.kind)
+        records = await self._sweep_pending(self.state.load(self.kind))
         live = []
         for record in records:
             extra = record.get("extra") or {}
@@ -453,4 +485,11 @@ class YarnLauncher(RemoteLauncher):
     async def find_new(self, known: Collection[str]) -> list[KernelHandle]:
         if not self.endpoint:
             return []
+        await self._sweep_pending(
+            [
+                r
+                for r in self.state.load(self.kind)
+                if PENDING in r and r.get("kernel_id") not in known
+            ]
+        )
         return await super().find_new(known)
