@@ -280,6 +280,31 @@ def test_container_whose_kernel_does_not_report_in_time_is_a_504(
     assert live_services(yarn_rm) == []
 
 
+def test_the_rms_own_refusals_are_400s_and_leave_nothing_running(
+    start_server: Callable[..., ServerProcess], yarn_args: list[str], tmp_path: Any
+) -> None:
+    """Where the scheduler lists no queues to check first, the Services API's own answers
+    (500s with its diagnostics) are what the client sees, as 400s."""
+    args = ["--scheduler-type", "fairScheduler", "--max-memory", "4096"]
+    url, proc, log_path = start_rm(tmp_path, *args, "--queue-max", "default=2048,2")
+    try:
+        args = list(yarn_args)
+        args[args.index("--yarn-endpoint") + 1] = url
+        gw = start_server(*args).client
+        text = start_fails(gw, {"KERNEL_MEMORY": "8Gi"}, 400, 5)
+        assert "specified memory size (8192) is larger than configured max container" in text
+        text = start_fails(gw, {"KERNEL_QUEUE": "nope"}, 400, 5)
+        assert "Failed to submit application_" in text and "unknown queue: nope" in text
+        # over the queue's maximum but within the cluster's: the scheduler refuses the
+        # service AM's request for the container, and the service fails
+        text = start_fails(gw, {"KERNEL_MEMORY": "3Gi"}, 400, 10)
+        assert "ended FAILED" in text and "Invalid resource request!" in text
+        assert "maximum allowed allocation=<memory:2048, vCores:2>" in text
+        assert live_services(url) == [] and gw.get("/api/kernels").json() == []
+    finally:
+        stop_process(proc, log_path=log_path)
+
+
 def test_services_api_validates_what_it_is_sent(yarn_rm: str) -> None:
     """The stand-in refuses a definition the real API server refuses, with its shape
     (the launcher's own pass: the tests above)."""

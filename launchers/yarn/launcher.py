@@ -18,7 +18,8 @@ as (and owned by) the kernel's user where ``--kernel-isolation users`` names one
    (a size over the cluster's largest container, an unknown queue) is a 400 with its
    diagnostics;
 4. ``GET /app/v1/services/{name}`` until the bootstrap reports: a service that ends first
-   fails the start with its application's diagnostics (500); one still ``ACCEPTED`` at the
+   fails the start with its application's diagnostics (500; 400 where the scheduler
+   refused the container's size: ``Invalid resource request``); one still ``ACCEPTED`` at the
    launch timeout (its AM not placed), or whose kernel container was never allocated, is
    destroyed and the start fails with the RM's diagnostics (503: capacity); one whose
    container runs but did not report with a 504.
@@ -392,7 +393,9 @@ class YarnLauncher(RemoteLauncher):
                 why = await self.diagnostics(str(service.get("id") or ""), owner)
                 raise KernelStartError(
                     f"YARN service {name} ended {state} before the kernel reported: "
-                    f"{why or 'no diagnostics'}"
+                    f"{why or 'no diagnostics'}",
+                    # the scheduler refused the container's size: the request can never fit
+                    status=400 if "Invalid resource request" in why else 500,
                 )
             if time.monotonic() >= deadline:
                 raise await self._timed_out(name, service, owner, request)

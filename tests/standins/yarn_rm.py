@@ -52,7 +52,8 @@ know fails the application as the CapacityScheduler does.
 
 **The scheduler** (``GET /ws/v1/cluster/scheduler``): a CapacityScheduler's ``root`` with
 its leaf queues, each with its ``maximumAllocation`` (``--queue-max NAME=MB,VCORES``, else
-the cluster's ``--max-memory``/``--max-vcores``/``--max-gpus``).
+the cluster's ``--max-memory``/``--max-vcores``/``--max-gpus``); with ``--scheduler-type
+fairScheduler`` only its type (no queues for a client to check against).
 
 **Security**: by default simple auth (``user.name`` is taken as given, else ``dr.who``).
 With ``--keytab``/``--principal`` every request must carry ``Authorization: Negotiate``
@@ -268,6 +269,7 @@ class ResourceManager:
         self.am_registers = args.am_registers
         self.liveness_expiry = args.am_liveness_expiry
         self.services_api = args.services_api
+        self.scheduler_type = args.scheduler_type
 
     # -- ids and capacity --
 
@@ -741,6 +743,8 @@ class ResourceManager:
             self.tick_service(service)
 
     def scheduler(self) -> dict[str, Any]:
+        if self.scheduler_type != "capacityScheduler":  # lists no CapacityScheduler queues
+            return {"scheduler": {"schedulerInfo": {"type": self.scheduler_type}}}
         queues = [
             {
                 "type": "capacitySchedulerLeafQueueInfo",
@@ -999,6 +1003,7 @@ def main() -> None:
     parser.add_argument(
         "--no-services-api", dest="services_api", action="store_false", default=True
     )
+    parser.add_argument("--scheduler-type", default="capacityScheduler", help="e.g. fairScheduler")
     parser.add_argument("--keytab", default="")
     parser.add_argument("--principal", default="")
     parser.add_argument("--proxy-user", action="append", default=[])
