@@ -10,8 +10,9 @@ kernels (pure; the bridge applies them to every iopub message).
   the restart's ``starting`` itself, once, since a subscriber that reconnects to the new
   kernel may or may not catch the kernel's own (it is published as the kernel starts).
 * ``iopub_welcome`` (JEP 65: the kernel greeting a new iopub subscription) greets the
-  gateway's own subscription, not any client's; clients of jupyter_server's own kernels
-  do not see it either (their server's first subscriber takes it).
+  gateway's own subscription, not any client's. A kernel greets only the first subscriber
+  to reach it, so jupyter_server's clients see it now and then, after a restart, when their
+  socket came first; raygate's one subscriber always comes first.
 """
 
 from __future__ import annotations
