@@ -176,6 +176,14 @@ async def test_interrupt_shows_only_the_cells_statuses(gateway: Gateway) -> None
     control = await gateway.connect(kernel_id)
     info = await control.request("kernel_info_request", {}, channel="control")
     assert info["content"]["status"] == "ok"
+    asked = info["parent_header"]["msg_id"]
+    while not any(  # its idle reached the gateway (it comes on iopub, apart from the reply)
+        m["header"]["msg_type"] == "status"
+        and m["content"]["execution_state"] == "idle"
+        and m["parent_header"].get("msg_id") == asked
+        for m in control.received
+    ):
+        await control.recv(30)
     assert gateway.get(f"/api/kernels/{kernel_id}").json()["execution_state"] == "busy"
     assert gateway.post(f"/api/kernels/{kernel_id}/interrupt").status_code == 204
     out = await asyncio.wait_for(task, 30)
