@@ -230,6 +230,14 @@ def test_bad_seed_notebooks_stop_serve(tmp_path: Path, refused_serve) -> None:
     assert result.exit_code != 0 and "none.ipynb has no endpoints" in result.output
     result = refused_serve(*base)
     assert result.exit_code != 0 and "--seed-uri" in result.output
+    good = write_notebook(tmp_path / "good.ipynb", ["# GET /a\nprint(1)"])
+    result = refused_serve(*base, "--seed-uri", good, "--prespawn-count", "3", "--max-kernels", "2")
+    assert result.exit_code != 0 and "more than --max-kernels 2" in result.output
+    result = refused_serve(*base, "--seed-uri", good, "--force-kernel-name", "nope")
+    assert result.exit_code != 0 and "'nope', which is not installed" in result.output
+    isolated = ("--kernel-isolation", "users", "--user-header", "X-User")
+    result = refused_serve(*base, "--seed-uri", good, *isolated)
+    assert result.exit_code != 0 and "--kernel-isolation users" in result.output
 
 
 def test_seed_cell_that_raises_stops_serve(tmp_path: Path) -> None:
@@ -266,3 +274,23 @@ def test_with_the_kernel_api_under_a_prefix(tmp_path: Path) -> None:
             assert http.get("/notebook/hello").text == "hello world\n"
     finally:
         server.stop()
+
+
+def test_mode_from_variables_and_config_file(
+    tmp_path: Path, refused_serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAYGATE_API", "notebook-http")
+    monkeypatch.setenv("RAYGATE_SEED_URI", str(tmp_path / "from-env.ipynb"))
+    result = refused_serve("--default-launcher", "local")
+    assert result.exit_code != 0 and "from-env.ipynb" in result.output
+    monkeypatch.delenv("RAYGATE_API")
+    monkeypatch.delenv("RAYGATE_SEED_URI")
+    config = tmp_path / "raygate.toml"
+    config.write_text(
+        f'api = "kernel_gateway.notebook_http"\nseed_uri = "{tmp_path / "from-toml.ipynb"}"\n'
+        "prespawn_count = 3\n"
+    )
+    result = refused_serve("--config", str(config), "--default-launcher", "local")
+    assert result.exit_code != 0 and "from-toml.ipynb" in result.output
+    result = refused_serve("--api", "websocket")
+    assert result.exit_code != 0 and "not one of" in result.output

@@ -50,6 +50,11 @@ class NotebookHttp:
                 f"{self.kernel_name!r}, which is not installed here (--force-kernel-name "
                 "chooses another)"
             ) from None
+        if gateway.kernel_isolation == "users":
+            raise NotebookError(
+                "--api notebook-http serves every caller from the same kernels, which "
+                "--kernel-isolation users (each kernel its user's own) cannot allow"
+            )
         if gateway.max_kernels and config.prespawn_count > gateway.max_kernels:
             raise NotebookError(
                 f"--prespawn-count {config.prespawn_count} is more than --max-kernels "
