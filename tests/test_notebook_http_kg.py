@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import compare  # benchmarks/compare.py: Kernel Gateway's virtualenv
 import notebook_http as bench  # benchmarks/notebook_http.py: KG in notebook-http mode
 
-pytestmark = pytest.mark.xdist_group("notebook-http-kg")
+# The first run makes Kernel Gateway's virtualenv (pip from PyPI: minutes on a busy machine).
+pytestmark = [pytest.mark.xdist_group("notebook-http-kg"), pytest.mark.timeout(900)]
 AUTH = {"Authorization": f"token {TOKEN}"}
 
 Step = tuple[str, str, dict[str, Any]]
