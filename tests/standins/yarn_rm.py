@@ -24,7 +24,7 @@ RM without it does):
   with ``containers[]`` (``id``, ``ip``, ``hostname``, ``bare_host``, ``state``,
   ``component_instance_name``, ``launch_time``); only ``name``, ``id`` and ``state`` while
   its application is not running, as the real one answers; 404 ``{"diagnostics": "Service
-  x not found", "code": 404001}``;
+  x not found", "code": 404004}``;
 * ``PUT /app/v1/services/{name}`` ``{"state": "STOPPED"}`` (stop) and ``DELETE`` (stop
   and destroy: 200 ``Successfully destroyed service x``, 400 ``Service x doesn't exist``).
 
@@ -96,9 +96,9 @@ from standins import stop_group, ticking_lifespan
 ACTIVE = ("NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED", "RUNNING")
 NODE_HOST = "127.0.0.1"
 NODE_HTTP = f"{NODE_HOST}:8042"
-SERVICE_AM = (512, 1)  # yarn.service.am-resource.memory / vcores
+SERVICE_AM = (1024, 1)  # yarn.service.am-resource.memory (its default) / vcores
 NAME_RULE = re.compile(r"[a-z][a-z0-9-]*")
-ERROR_CODE_APP_NAME_INVALID = 404001
+ERROR_CODE_APP_NAME_INVALID = 404004  # RestApiConstants
 GPU = "yarn.io/gpu"
 NM_KILL_DELAY = 0.25  # yarn.nodemanager.sleep-delay-before-sigkill.ms, its default
 
