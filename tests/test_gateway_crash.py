@@ -3,7 +3,7 @@ order, once (a kill in the instant between sending a line and recording it repea
 one line: at least once, never lost).
 
 Kernels outlive the gateway on a Ray cluster (the session's real two-node one), over SSH,
-on Dask and on YARN (the stand-in); the
+on Dask, on Kubernetes and on YARN (the stand-ins); the
 kernel actor keeps the kernel's recent output (launchers/kernelside/) and the gateway keeps
 per session the last message it handed over (raygate/bridge/watermarks.py, in
 ``--state-dir``). The gateway that starts next replays to each session what it missed.
@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 from test_dask import dask_cluster  # noqa: F401  (a fixture)
+from test_kubernetes import gateway_args as k8s_gateway_args
+from test_kubernetes import k8s_files, kube  # noqa: F401  (fixtures)
 from test_nothing_lost import COUNTING, drain_closed, line_numbers, read_until_idle
 from test_ray import ray_args
 from test_ssh import gateway_args as ssh_gateway_args
@@ -105,9 +107,19 @@ def yarn_gateways(yarn_args: list[str], tmp_path) -> Iterator[Gateways]:  # noqa
     gateways.stop()
 
 
+@pytest.fixture
+def k8s_gateways(kube, k8s_files, tmp_path) -> Iterator[Gateways]:  # noqa: F811
+    """Kernels in pods of the Kubernetes stand-in; the bootstrap keeps the output."""
+    args = k8s_gateway_args(kube, k8s_files, scan="3600")
+    args[args.index("--state-dir") + 1] = str(tmp_path / "state")
+    gateways = Gateways(args, {}, "k8s-python")
+    yield gateways
+    gateways.stop()
+
+
 # The kill lands at varied points: the instant a line arrived (when its watermark may not be
 # recorded yet) or between two lines (they come 0.1 s apart).
-KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "yarn": 0.05}
+KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "k8s": 0.05, "yarn": 0.05}
 
 
 @pytest.fixture(
@@ -115,6 +127,7 @@ KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "yarn": 0.05}
         pytest.param("ray", marks=[pytest.mark.xdist_group("ray-cluster"), pytest.mark.ray]),
         "ssh",
         "dask",
+        "k8s",
         "yarn",
     ]
 )

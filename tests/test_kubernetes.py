@@ -607,3 +607,31 @@ def test_users_mode_pods_run_as_the_users_account_never_the_requests(
     assert r.status_code == 403, r.text
     assert "has no OS account 'bob'" in r.json()["message"], r.text
     assert no_kernel_objects(kube)
+
+
+def test_unreachable_api_server_is_a_503_that_names_it(
+    start_server: Callable[..., ServerProcess],
+    kube: dict[str, Any],
+    k8s_files: dict[str, str],
+    tmp_path: Any,
+) -> None:
+    """A kubeconfig whose API server nobody answers: the gateway starts and stays healthy;
+    each start is a quick 503 that says which server it could not reach."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    config = yaml.safe_load(open(kube["kubeconfig"]))
+    config["clusters"][0]["cluster"]["server"] = nowhere
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    args = gateway_args(kube, k8s_files)
+    args[args.index("--k8s-kubeconfig") + 1] = str(kubeconfig)
+    server = start_server(*args)
+    gw = server.client
+    started = time.monotonic()
+    r = gw.post("/api/kernels", json={"name": "k8s-python"})
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert set(body) == {"reason", "message"} and body["reason"] == "Service Unavailable"
+    assert f"cannot reach the Kubernetes API server at {nowhere}" in body["message"], body
+    assert time.monotonic() - started < 15
+    assert gw.get("/api/kernels").json() == []
+    assert gw.get("/api/ready").status_code == 200

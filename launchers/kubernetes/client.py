@@ -25,6 +25,14 @@ def api_exception() -> type[ApiException]:
     return ApiException
 
 
+def transport_error() -> type[Exception]:
+    """What the client raises when the API server gives no answer at all (refused, reset,
+    timed out, TLS failed): urllib3's base error, imported on first use."""
+    import urllib3
+
+    return urllib3.exceptions.HTTPError
+
+
 def config_exception() -> type[Exception]:
     from kubernetes.config import ConfigException
 

@@ -28,7 +28,13 @@ from ..remote import (
 )
 from ..wire import new_secret
 from . import records
-from .client import api_exception, api_message, config_exception, load_client
+from .client import (
+    api_exception,
+    api_message,
+    config_exception,
+    load_client,
+    transport_error,
+)
 from .pod import (
     DEFAULT_TEMPLATE,
     TemplateError,
@@ -50,6 +56,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("raygate.launchers.kubernetes")
 
 T = TypeVar("T")
+
+
+class Unreachable(KernelStartError):
+    """The API server gave no answer (refused, reset, timed out): raised by
+    :meth:`KubernetesLauncher.call`, a 503 when a kernel start meets it."""
+
 
 POLL = 0.5
 
@@ -241,10 +253,20 @@ class KubernetesLauncher(RemoteLauncher):
         await super().close()
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One API call, off the event loop, with the request timeout."""
-        return await asyncio.to_thread(
-            method, *args, _request_timeout=self.request_timeout, **kwargs
-        )
+        """One API call, off the event loop, with the request timeout; an API server that
+        does not answer raises :class:`Unreachable` (a 503 for a start)."""
+        try:
+            return await asyncio.to_thread(
+                method, *args, _request_timeout=self.request_timeout, **kwargs
+            )
+        except transport_error() as exc:
+            assert self.api is not None
+            host = self.api.api_client.configuration.host
+            raise Unreachable(
+                f"cannot reach the Kubernetes API server at {host}: "
+                f"{getattr(exc, 'reason', None) or exc}",
+                status=503,
+            ) from None
 
     def as_dict(self, obj: Any) -> dict[str, Any]:
         """An API object as the plain JSON-shaped dict Kubernetes sent."""
@@ -438,6 +460,9 @@ class KubernetesLauncher(RemoteLauncher):
         ):
             try:
                 await self.call(method, name, namespace, **kwargs)
+            except Unreachable as exc:
+                # the orphan scan deletes it once the API server answers again
+                log.warning("could not delete %s %s/%s: %s", what, namespace, name, exc)
             except api_exception() as exc:
                 if exc.status != 404:
                     log.warning("could not delete %s %s/%s: %s", what, namespace, name, exc)
@@ -460,6 +485,8 @@ class KubernetesLauncher(RemoteLauncher):
                 log.warning(
                     "kernel %s: could not save its record: %s", kernel.kernel_id, api_message(exc)
                 )
+            except Unreachable as exc:
+                log.warning("kernel %s: could not save its record: %s", kernel.kernel_id, exc)
             finally:
                 self._saves.pop(kernel.kernel_id, None)
 
@@ -473,6 +500,9 @@ class KubernetesLauncher(RemoteLauncher):
         assert self.api is not None
         try:
             secret = self.as_dict(await self.call(self.api.read_namespaced_secret, name, namespace))
+        except Unreachable as exc:
+            log.warning("cannot read secret %s/%s: %s", namespace, name, exc)
+            return None
         except api_exception() as exc:
             if exc.status != 404:
                 log.warning("cannot read secret %s/%s: %s", namespace, name, api_message(exc))
