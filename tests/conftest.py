@@ -88,7 +88,7 @@ class ServerProcess:
         )
         self.client = Gateway(self.url, self.token)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         respawns = 0
         while time.monotonic() < deadline:
