@@ -255,11 +255,12 @@ def test_seed_cell_that_raises_stops_serve(tmp_path: Path) -> None:
     server.stop()
 
 
-def test_with_the_kernel_api_under_a_prefix(tmp_path: Path) -> None:
+def test_both_apis_culling_and_growing(tmp_path: Path) -> None:
     culling = ("--cull-idle-timeout", "1", "--cull-interval", "0.2", "--cull-warning", "0")
-    server = nb_server(tmp_path, "--api", "kernel,notebook-http", *culling)
+    growing = ("--notebook-http-max-kernels", "2", "--notebook-http-idle-stop", "1")
+    server = nb_server(tmp_path, "--api", "kernel,notebook-http", *culling, *growing)
     try:
-        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as http:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
             assert http.get("/notebook/hello").text == "hello world\n"
             assert http.get("/notebook/_api/spec/swagger.json").status_code == 200
             assert http.get("/hello").status_code == 404
@@ -271,7 +272,31 @@ def test_with_the_kernel_api_under_a_prefix(tmp_path: Path) -> None:
                 time.sleep(0.2)
             # The endpoint kernel, idle as long, is the gateway's own: not culled.
             assert [k["id"] for k in http.get("/api/kernels").json()] == [endpoint["id"]]
-            assert http.get("/notebook/hello").text == "hello world\n"
+
+            def endpoint_kernels() -> list[dict]:
+                return http.get("/api/status").json()["notebook_http"]["kernels"]
+
+            async def busy_then_more() -> list[int]:
+                async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as c:
+
+                    async def kernels() -> list[dict]:
+                        return (await c.get("/api/status")).json()["notebook_http"]["kernels"]
+
+                    first = asyncio.ensure_future(c.get("/notebook/pid", params={"s": "2"}))
+                    while (await kernels())[0]["state"] != "busy":
+                        await asyncio.sleep(0.05)
+                    second = asyncio.ensure_future(c.get("/notebook/hello"))  # waits: grows
+                    while len(await kernels()) < 2:
+                        await asyncio.sleep(0.05)
+                    return [(await first).status_code, (await second).status_code]
+
+            assert asyncio.run(busy_then_more()) == [200, 200]
+            deadline = time.monotonic() + 60
+            while len(endpoint_kernels()) != 1 or endpoint_kernels()[0]["state"] != "idle":
+                assert time.monotonic() < deadline, f"not back to 1 kernel: {endpoint_kernels()}"
+                time.sleep(0.2)
+            assert endpoint_kernels()[0]["index"] == 0  # the extra one stopped, idle
+            assert [k["id"] for k in http.get("/api/kernels").json()] == [endpoint["id"]]
     finally:
         server.stop()
 

@@ -11,6 +11,10 @@ restarts a dead kernel (``--restart-limit``), after which the pool seeds it agai
 pool starts a new one where the registry gave it up. A request that runs past the timeout
 interrupts its kernel and is answered 504; a kernel that does not come back from the
 interrupt is restarted and seeded again. Nothing else restarts.
+
+With a ``most`` above ``size`` the pool grows while requests wait (one kernel started per
+waiting request, up to ``most``) and stops kernels beyond ``size`` that stayed idle for
+``idle_stop`` seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from raygate.errors import APIError
 from raygate.kernels.kernel import Kernel
@@ -63,6 +69,9 @@ class Slot:
     """The registry's restart count when it was last seeded: a higher one is a new process."""
     requests: int = 0
     errors: int = 0
+    idle_since: float = 0.0
+    extra: bool = False
+    """Started because requests waited (beyond --prespawn-count): stopped when idle."""
 
 
 @dataclass
@@ -99,6 +108,8 @@ class EndpointPool:
         size: int,
         queue_limit: int,
         timeout: float,
+        most: int = 0,
+        idle_stop: float = 60.0,
     ) -> None:
         self.registry = registry
         self.api = api
@@ -106,7 +117,10 @@ class EndpointPool:
         self.size = size
         self.queue_limit = queue_limit
         self.timeout = timeout
+        self.most = max(most, size)
+        self.idle_stop = idle_stop
         self.slots = [Slot(i) for i in range(size)]
+        self._next_index = size
         self.free: asyncio.Queue[Slot] = asyncio.Queue()
         self.waiting = 0
         self.stats = PoolStats()
@@ -132,6 +146,8 @@ class EndpointPool:
             )
         for slot in self.slots:
             self._make_free(slot)
+        if self.most > self.size:
+            self._background(self._shrink_loop(), "notebook-http-shrink")
         log.info(
             "notebook-http: %d kernel(s) of %s serve %d endpoint(s) of %s",
             self.size,
@@ -194,7 +210,13 @@ class EndpointPool:
 
     def _make_free(self, slot: Slot) -> None:
         slot.state = "idle"
+        slot.idle_since = time.monotonic()
         self.free.put_nowait(slot)
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _revive(self, slot: Slot) -> None:
         """Bring a slot's kernel back in the background; it serves again once seeded."""
@@ -202,11 +224,54 @@ class EndpointPool:
             return
         slot.state = "reviving"
         self.stats.replaced += 1
-        task = asyncio.create_task(
-            self._revive_loop(slot), name=f"notebook-http-revive-{slot.index}"
+        self._background(self._revive_loop(slot), f"notebook-http-revive-{slot.index}")
+
+    def _grow(self) -> None:
+        """Start one more kernel for the requests that wait, if ``most`` allows; called by
+        :meth:`_acquire` when no kernel is free."""
+        starting = sum(1 for s in self.slots if s.state == "starting")
+        if self._closing or len(self.slots) >= self.most or starting >= self.waiting:
+            return
+        slot = Slot(self._next_index, extra=True)
+        self._next_index += 1
+        self.slots.append(slot)
+        log.info(
+            "notebook-http: %d request(s) wait; starting endpoint kernel %d",
+            self.waiting,
+            slot.index,
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._revive_loop(slot), f"notebook-http-grow-{slot.index}")
+
+    async def _shrink_loop(self) -> None:
+        """Stop kernels beyond ``size`` once idle for ``idle_stop`` seconds."""
+        while not self._closing:
+            await asyncio.sleep(min(max(self.idle_stop / 4, 0.1), 5.0))
+            now = time.monotonic()
+            idle = [
+                s for s in self.slots if s.state == "idle" and now - s.idle_since >= self.idle_stop
+            ]
+            if len(self.slots) <= self.size or not idle:
+                continue
+            # The extra ones first; free kernels are taken out of the queue (no await since
+            # the check, so no request takes one meanwhile).
+            slot = next((s for s in idle if s.extra), idle[0])
+            queued = [self.free.get_nowait() for _ in range(self.free.qsize())]
+            for other in queued:
+                if other is not slot:
+                    self.free.put_nowait(other)
+            if slot not in queued:  # a request has just taken it (its state not yet set)
+                continue
+            self.slots.remove(slot)
+            slot.state = "stopping"
+            log.info(
+                "notebook-http: endpoint kernel %d idle for %g s; stopping it",
+                slot.index,
+                self.idle_stop,
+            )
+            kernel, slot.kernel = slot.kernel, None
+            if kernel is not None and kernel.id in self.registry.kernels:
+                with contextlib.suppress(Exception):
+                    await self.registry.shutdown(kernel.id)
 
     async def _revive_loop(self, slot: Slot) -> None:
         pause = REVIVE_PAUSE[0]
@@ -217,6 +282,10 @@ class EndpointPool:
                 raise
             except Exception as exc:
                 detail = exc.message if isinstance(exc, APIError) else str(exc)
+                if slot.extra and slot.kernel is None:  # a kernel to grow with: no matter
+                    log.warning("notebook-http: no extra endpoint kernel: %s", detail)
+                    self.slots.remove(slot)
+                    return
                 slot.state = "failed"
                 log.error(
                     "notebook-http: endpoint kernel %d could not be brought back (again in "
@@ -250,11 +319,13 @@ class EndpointPool:
             self.stats.rejected += 1
             raise APIError(
                 503,
-                f"All {self.size} endpoint kernel(s) are busy and {self.waiting} request(s) "
+                f"All {len(self.slots)} endpoint kernel(s) are busy and {self.waiting} request(s) "
                 "wait already; try again later",
             )
         self.waiting += 1
         try:
+            if self.free.empty():
+                self._grow()
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -55,10 +55,11 @@ class NotebookHttp:
                 "--api notebook-http serves every caller from the same kernels, which "
                 "--kernel-isolation users (each kernel its user's own) cannot allow"
             )
-        if gateway.max_kernels and config.prespawn_count > gateway.max_kernels:
+        most = max(config.prespawn_count, config.notebook_http_max_kernels)
+        if gateway.max_kernels and most > gateway.max_kernels:
             raise NotebookError(
-                f"--prespawn-count {config.prespawn_count} is more than --max-kernels "
-                f"{gateway.max_kernels}"
+                f"--prespawn-count {config.prespawn_count} (or --notebook-http-max-kernels) "
+                f"is more than --max-kernels {gateway.max_kernels}"
             )
         self.pool = EndpointPool(
             registry,
@@ -67,6 +68,8 @@ class NotebookHttp:
             config.prespawn_count,
             config.notebook_http_queue,
             config.notebook_http_timeout,
+            config.notebook_http_max_kernels,
+            config.notebook_http_idle_stop,
         )
         self.metrics = NotebookHttpMetrics(self.pool, metrics)
 

@@ -66,6 +66,19 @@ class NotebookHttpConfig:
         "else --default-kernel-name).",
         show_default=False,
     )
+    notebook_http_max_kernels: int = setting(
+        0,
+        "notebook-http: start more kernels while requests wait, up to this many (0: only "
+        "--prespawn-count); those beyond --prespawn-count stop after "
+        "--notebook-http-idle-stop seconds idle.",
+        Integer(min=0),
+    )
+    notebook_http_idle_stop: float = setting(
+        60.0,
+        "notebook-http: seconds an extra kernel (beyond --prespawn-count) stays idle before "
+        "it is stopped.",
+        Number(min=0),
+    )
     cell_parser: str = setting(
         "cell",
         "notebook-http: how endpoints are annotated: cell ('# GET /path') or swagger (a "
