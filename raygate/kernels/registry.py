@@ -427,7 +427,6 @@ class KernelRegistry:
         if connection != kernel.handle.connection:
             kernel.handle.connection = connection
             channels.reconnect(connection)
-        channels.broadcast_status("starting")
         timeout = kernel.handle.request.launch_timeout
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
@@ -452,8 +451,10 @@ class KernelRegistry:
             if connection != kernel.handle.connection:
                 kernel.handle.connection = connection
                 channels.reconnect(connection)
-        if channels.execution_state == "starting":
-            channels.execution_state = "idle"  # ready: the restart's answer says so
+        # Only once the new kernel answers: a restart that fails shows `dead` next, with no
+        # `starting` between (a kernel that never came up sent none under jupyter_server).
+        channels.broadcast_status("starting")
+        channels.execution_state = "idle"  # ready: the restart's answer says so
         log.info("kernel %s: restarted", kernel.id)
         if kernel.warm:
             await self.pool.reapply(kernel)
