@@ -12,7 +12,9 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import psutil
 import pytest
 
@@ -204,28 +206,39 @@ def test_bad_resource_values_are_400(gw: Gateway) -> None:
         assert words.lower() in r.json()["message"].lower(), r.text
 
 
-def test_request_that_must_wait_times_out_and_is_removed(gw: Gateway, ray_cluster) -> None:
+def test_burst_beyond_capacity_starts_what_fits_and_503s_the_rest(gw: Gateway, ray_cluster) -> None:
+    # The cluster has one "special", held already. Of four starts at once, the one that
+    # fits starts; the three that ask for "special" wait up to their launch timeout, then
+    # each gets a 503 that says what it waited for and how many waited; nothing of theirs
+    # is left.
     holder = gw.start_kernel(env={"KERNEL_RESOURCES": "special=1", "KERNEL_CPUS": "0.5"})
-    assert holder["placement"]["resources"]["special"] == 1
+    waits = {"KERNEL_RESOURCES": "special=1", "KERNEL_CPUS": "0.5", "KERNEL_LAUNCH_TIMEOUT": "4"}
+    bodies = [{"name": "python3", "env": waits}] * 3 + [
+        {"name": "python3", "env": {"KERNEL_CPUS": "0.1"}}
+    ]
     started = time.monotonic()
-    r = gw.post(
-        "/api/kernels",
-        json={
-            "name": "python3",
-            "env": {
-                "KERNEL_RESOURCES": "special=1",
-                "KERNEL_CPUS": "0.5",
-                "KERNEL_LAUNCH_TIMEOUT": "4",
-            },
-        },
-    )
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: gw.post("/api/kernels", json=body), bodies))
     waited = time.monotonic() - started
-    assert r.status_code == 503, r.text
-    assert 2.5 < waited < 15
-    assert "capacity" in r.json()["message"] and "special" in r.json()["message"]
-    # only the holder's actor is left
-    ids = {k["id"] for k in gw.get("/api/kernels").json()}
+    assert [r.status_code for r in answers] == [503, 503, 503, 201], [r.text for r in answers]
+    assert waited > 2.5
+    refused = [r.json()["message"] for r in answers[:3]]
+    assert all("capacity" in m and "special" in m for m in refused), refused
+    assert any("3 kernel starts were waiting for that" in m for m in refused), refused
+    ids = {holder["id"], answers[3].json()["id"]}
+    assert {k["id"] for k in gw.get("/api/kernels").json()} == ids
     assert set(ray_cluster.wait_actors(NAMESPACE, ids, timeout=10)) == ids
+
+
+def test_start_the_client_gives_up_on_leaves_nothing(gw: Gateway, ray_cluster) -> None:
+    holder = gw.start_kernel(env={"KERNEL_RESOURCES": "special=1", "KERNEL_CPUS": "0.5"})
+    env = {"KERNEL_RESOURCES": "special=1", "KERNEL_CPUS": "0.5"}
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting long before the gateway
+        gw.post("/api/kernels", json={"name": "python3", "env": env}, timeout=3)
+    # Its actor, still waiting for the "special" the holder has, is removed: it would
+    # otherwise start, for nobody, as soon as the holder goes.
+    assert ray_cluster.wait_actors(NAMESPACE, {holder["id"]}, timeout=10) == {holder["id"]: "ALIVE"}
+    assert [k["id"] for k in gw.get("/api/kernels").json()] == [holder["id"]]
 
 
 # -- control ---------------------------------------------------------------------------

@@ -178,6 +178,9 @@ def test_still_waiting_words() -> None:
         "has that free (free now: node aaaaaaaa: 1 CPU); its actor was removed"
     )
     assert "(free now" not in still_waiting("", options, None, 9)
+    assert "; 3 kernel starts were waiting for that, this one included; its actor" in (
+        still_waiting("PENDING_CREATION", options, None, 9, waiting=3)
+    )
     assert still_waiting("ALIVE", options, {}, 9) == (
         "the kernel's actor did not start within 9s (state ALIVE); removed"
     )

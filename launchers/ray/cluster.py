@@ -108,8 +108,9 @@ _raylets: dict[str, Any] = {}
 _raylets_lock = threading.Lock()
 
 
-def prestart_worker(node_id: str, keep_alive: int = 600) -> None:
-    """Ask a node's raylet to start one idle Python worker for this driver's job.
+def prestart_worker(node_id: str, count: int = 1, keep_alive: int = 600) -> None:
+    """Ask a node's raylet to start ``count`` idle Python workers for this driver's job,
+    kept alive for at least ``keep_alive`` seconds.
 
     Ray has no public call for it: this is the raylet's ``PrestartWorkers`` gRPC
     (``ray.core.generated.node_manager_pb2_grpc``) over ``ray._private.grpc_utils``, which
@@ -133,7 +134,7 @@ def prestart_worker(node_id: str, keep_alive: int = 600) -> None:
         language=common_pb2.PYTHON,
         job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
         keep_alive_duration_secs=keep_alive,
-        num_workers=1,
+        num_workers=count,
     )
     try:
         stub.PrestartWorkers(request, timeout=10)

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from raygate.actors.calls import GatewayKey, read_or_make_key
-from raygate.settings import Number, setting
+from raygate.settings import Integer, Number, setting
 
 from ..base import (
     ConnectionInfo,
@@ -35,7 +36,14 @@ from ..remote.state import default_state_dir
 from . import cluster
 from .handle import RayKernel, get
 from .ledger import RayLedgerStore
-from .placement import actor_options, check_feasible, creation_error, still_waiting
+from .placement import (
+    actor_options,
+    check_feasible,
+    creation_error,
+    resource_shape,
+    still_waiting,
+)
+from .reserve import WorkerReserve
 
 if TYPE_CHECKING:
     from raygate.config import GatewayConfig
@@ -46,6 +54,8 @@ _ray_lock = threading.Lock()
 _remote_class: Any = None
 EMBEDDED_RAY_GRACE = 5.0
 """Seconds the embedded Ray's processes get to exit after ``ray.shutdown()``."""
+NODES_TTL = 2.0
+"""Seconds the launcher reuses the cluster's node list to check that a start is feasible."""
 
 
 def _with_descendants(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -139,6 +149,14 @@ class RaySettings:
         "CPUs a Ray kernel reserves when neither its kernelspec nor KERNEL_CPUS says.",
         Number(min=0),
     )
+    ray_warm_workers: int = setting(
+        4,
+        "Idle Ray workers kept started per node for this gateway's next kernels, at most: "
+        "after a burst of starts, as many as the node took in it (at least one), for ten "
+        "minutes. A worker ahead of demand saves a kernel start the seconds of starting one "
+        "(0: none kept).",
+        Integer(0),
+    )
     ray_auth_token_file: str = setting(
         "",
         "File with the Ray cluster's auth token, for clusters with token authentication "
@@ -169,6 +187,7 @@ class RayLauncher(Launcher):
         auth_token_file: str = "",
         eager: bool = True,
         warm_workers: bool = True,
+        warm_workers_cap: int = 4,
         keep_output_bytes: int = KEEP_BYTES,
         gateway_key_file: str = "",
     ) -> None:
@@ -186,12 +205,19 @@ class RayLauncher(Launcher):
         self.keep_output_bytes = keep_output_bytes
         """Bound of the output each kernel actor keeps for a gateway restarted after a crash."""
         self.warm_delay = 1.5
+        """Seconds without a launch in flight before idle workers are prestarted."""
+        self.reserve = WorkerReserve(cap=warm_workers_cap if warm_workers else 0)
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._prestart_failed = False
         self.connected = False
         self.embedded = False
         self._ray_processes: list[psutil.Process] = []
         self.kernels_outlive_gateway = bool(address)
         self._connecting: asyncio.Lock | None = None
+        self._nodes: tuple[list[dict[str, Any]], float] = ([], -NODES_TTL)
+        self._waiting: Counter[tuple[tuple[str, float], ...]] = Counter()
+        """Resource shapes of the starts whose actors have not answered yet (the 503 of one
+        that gives up says how many were waiting for the same)."""
 
     @classmethod
     def from_settings(cls, settings: RaySettings, gateway: GatewayConfig) -> RayLauncher:
@@ -205,6 +231,7 @@ class RayLauncher(Launcher):
             # A gateway whose kernels mostly run elsewhere starts its local Ray on demand.
             eager=bool(settings.ray_address) or gateway.default_launcher == cls.kind,
             keep_output_bytes=gateway.replay_buffer_bytes,
+            warm_workers_cap=settings.ray_warm_workers,
             gateway_key_file=settings.gateway_key_file
             or (os.path.join(gateway.state_dir, "gateway-key") if gateway.state_dir else ""),
         )
@@ -295,10 +322,21 @@ class RayLauncher(Launcher):
 
     def _check_feasible(self, request: LaunchRequest, options: dict[str, Any]) -> None:
         """Fail now when no node, present or that the autoscaler could add, can ever hold
-        the kernel (off the event loop: it asks the cluster)."""
+        the kernel (off the event loop: it asks the cluster). One query per start, and none
+        within :data:`NODES_TTL` of the last (a burst of starts asks once); the autoscaler's
+        node types, and fresh nodes, only when the nodes known do not hold it."""
         import ray
 
-        check_feasible(request, options, ray.nodes(), cluster.autoscaler_node_types())
+        nodes, read_at = self._nodes
+        if time.monotonic() - read_at > NODES_TTL:
+            nodes = ray.nodes()
+            self._nodes = (nodes, time.monotonic())
+        try:
+            check_feasible(request, options, nodes)
+        except KernelStartError:
+            nodes = ray.nodes()
+            self._nodes = (nodes, time.monotonic())
+            check_feasible(request, options, nodes, cluster.autoscaler_node_types())
 
     def _meta(self, request: LaunchRequest) -> dict[str, Any]:
         return {
@@ -310,6 +348,18 @@ class RayLauncher(Launcher):
 
     async def launch(self, request: LaunchRequest) -> RayKernel:
         await self.connect()
+        self.reserve.launching()
+        node: str | None = None
+        try:
+            handle = await self._launch(request)
+            if not handle.request.spec.raygate.runtime_env:  # its worker is not the reserve's
+                node = handle.placement["node_id"]
+            return handle
+        finally:
+            self.reserve.placed(node, time.monotonic())
+            self._refill_later()
+
+    async def _launch(self, request: LaunchRequest) -> RayKernel:
         try:
             options = actor_options(request, self.namespace, self.kernel_cpus)
         except (TypeError, ValueError) as exc:
@@ -323,57 +373,69 @@ class RayLauncher(Launcher):
             raise KernelStartError(f"Ray refused the kernel's options: {exc}", 400) from None
         # Answer before the registry's own launch timeout does, with a better message.
         budget = max(1.0, request.launch_timeout - 1.0)
+        shape = tuple(sorted(resource_shape(options).items()))
+        self._waiting[shape] += 1
         try:
             info = await self.ask(actor, request.kernel_id, "describe", timeout=budget)
         except TimeoutError:
-            message = self._still_waiting(actor, options, budget)
+            message = self._still_waiting(actor, options, budget, self._waiting[shape])
             self._kill(actor)
             raise KernelStartError(message, status=503) from None
         except ray.exceptions.RayActorError as exc:
             self._kill(actor)
             raise KernelStartError(creation_error(str(exc), type(exc).__name__)) from None
         except BaseException:
-            self._kill(actor)  # cancelled by the registry's timeout, or the gateway stops
+            self._kill(actor)  # cancelled: the client gave up, the registry's timeout, exit
             raise
-        handle = self._handle(actor, info, request)
-        if self.warm_workers and "runtime_env" not in options:
-            self._warm(handle.placement["node_id"])
-        return handle
+        finally:
+            self._waiting[shape] -= 1
+            if not self._waiting[shape]:
+                del self._waiting[shape]
+        return self._handle(actor, info, request)
 
-    def _warm(self, node_id: str) -> None:
-        """Have an idle worker process ready on the node that just took a kernel.
+    def _refill_later(self) -> None:
+        """Prestart idle workers once no launch has been in flight for ``warm_delay``
+        seconds (:mod:`.reserve` says how many, where)."""
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._refill_timer = loop.call_later(self.warm_delay, self._refill)
 
-        A kernel actor needs a worker process of its own, and starting one costs seconds
-        (mostly ``import ray``). Ray prestarts a few when a node starts; after each launch
-        this asks the node's raylet to prestart one more for this gateway's job, so the
-        next kernel there starts in about the time of the kernel process itself.
-        """
-        threading.Thread(
-            target=self._prestart_worker, args=(node_id,), name="ray-prestart", daemon=True
-        ).start()
+    def _refill(self) -> None:
+        self._refill_timer = None
+        if not self.connected:
+            return
+        for node_id, count in self.reserve.refill(time.monotonic()).items():
+            threading.Thread(
+                target=self._prestart_workers,
+                args=(node_id, count),
+                name="ray-prestart",
+                daemon=True,
+            ).start()
 
-    def _prestart_worker(self, node_id: str) -> None:
-        # Not while the kernel just launched is still starting: they would share the CPU.
-        time.sleep(self.warm_delay)
+    def _prestart_workers(self, node_id: str, count: int) -> None:
         try:
-            cluster.prestart_worker(node_id)
+            cluster.prestart_worker(node_id, count, keep_alive=int(self.reserve.keep_alive))
         except Exception as exc:  # only an optimisation, but say once that it is lost
+            self.reserve.lost(node_id, count)
             level = logging.DEBUG if self._prestart_failed else logging.WARNING
             self._prestart_failed = True
             log.log(
                 level,
-                "ray: could not prestart a worker on node %s (kernels there start slower): %r",
+                "ray: could not prestart workers on node %s (kernels there start slower): %r",
                 node_id,
                 exc,
             )
 
-    def _still_waiting(self, actor: Any, options: dict[str, Any], waited: float) -> str:
+    def _still_waiting(
+        self, actor: Any, options: dict[str, Any], waited: float, waiting: int
+    ) -> str:
         record = cluster.actor_record(cluster.actor_id(actor))
         try:
             free = cluster.available_per_node()
         except Exception:
             free = None
-        return still_waiting(record.state if record else "", options, free, waited)
+        return still_waiting(record.state if record else "", options, free, waited, waiting)
 
     @staticmethod
     def _kill(actor: Any) -> None:

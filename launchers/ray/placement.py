@@ -156,20 +156,26 @@ def still_waiting(
     options: Mapping[str, Any],
     free: Mapping[str, Mapping[str, float]] | None,
     waited: float,
+    waiting: int = 1,
 ) -> str:
     """Why a kernel actor has not started after ``waited`` seconds, for the 503 the
     launcher answers: ``state`` is its actor's, ``free`` what each node has free now
-    (None when unknown)."""
+    (None when unknown), ``waiting`` how many starts of this gateway (this one included)
+    were waiting for the same resources when it gave up."""
     if state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY", ""):
         have = ""
         if free:
             have = "; ".join(
                 f"node {node[:8]}: {format_resources(r)}" for node, r in sorted(free.items())
             )
+        others = ""
+        if waiting > 1:
+            others = f"; {waiting} kernel starts were waiting for that, this one included"
         return (
             f"gave up after waiting {waited:g}s for capacity: the kernel asks for "
             f"{format_resources(resource_shape(options))} and no node has that free"
             + (f" (free now: {have})" if have else "")
+            + others
             + "; its actor was removed"
         )
     return f"the kernel's actor did not start within {waited:g}s (state {state}); removed"

@@ -354,6 +354,11 @@ class KernelRegistry:
         remaining = request.launch_timeout - (time.monotonic() - started)
         try:
             await channels.wait_for_ready(max(remaining, 1.0), _serving(handle))
+        except asyncio.CancelledError:
+            # The client gave up (or the gateway stops): no kernel is left for nobody.
+            channels.close_sockets()
+            await handle.shutdown()
+            raise
         except Exception as exc:
             # A kernel still running when time ran out was slow (504); one that died failed.
             status = 504 if await handle.is_alive() else 500
