@@ -56,6 +56,13 @@ class GatewayConfig:
     )
     """Warm kernels to keep ready per kernelspec (``{"python3": 2}``), handed out on start
     to requests that fit them (raygate/kernels/pool.py); they count against max_kernels."""
+    prewarm_max: int = setting(
+        0,
+        "Most warm kernels per kernelspec of --prewarm when starts come fast: the pool grows "
+        "to the starts of the last two minutes, up to this, and shrinks back when they stop "
+        "(0: the --prewarm size, fixed).",
+        Integer(min=0),
+    )
     kernel_launch_timeout: float = setting(
         60.0,
         "Seconds a kernel may take to start, unless the request's KERNEL_LAUNCH_TIMEOUT says.",

@@ -20,6 +20,7 @@ import pytest
 from conftest import ServerProcess, wait_gone
 from kernelspecs import make_test_kernelspecs
 from kgclient import Gateway
+from raygate.kernels.pool import DEMAND_WINDOW, _Shelf
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,36 @@ def test_pool_counts_against_max_kernels(start_server: Callable[..., ServerProce
     client.shutdown_kernel(cold["id"])
     client.shutdown_kernel(warm["id"])
     wait_pool(client, 2)
+
+
+async def test_pool_grows_with_a_burst_within_max_kernels(
+    start_server: Callable[..., ServerProcess], specs: str
+) -> None:
+    server = start_server(
+        "--default-launcher", "local", "--kernelspec-dirs", specs,
+        "--prewarm", "python3=1", "--prewarm-max", "3", "--max-kernels", "4",
+    )  # fmt: skip
+    client = server.client
+    wait_pool(client, 1)
+    headers = {"Authorization": f"token {client.token}"}
+    async with httpx.AsyncClient(base_url=client.url, headers=headers, timeout=120) as http:
+        answers = await asyncio.gather(*(http.post("/api/kernels", json={}) for _ in range(3)))
+    assert [r.status_code for r in answers] == [201] * 3, [r.text for r in answers]
+    # Three starts asked for: the pool wants three, but --max-kernels leaves room for one.
+    pool = wait_pool(client, 1)
+    assert pool["target"] == 3
+    for r in answers:
+        client.shutdown_kernel(r.json()["id"])
+    assert wait_pool(client, 3)["size"] == 1
+
+
+def test_a_growing_shelf_follows_the_starts_of_its_window() -> None:
+    shelf = _Shelf("python3", 1, None, most=3)  # type: ignore[arg-type]
+    assert shelf.target(0.0) == 1
+    shelf.asked.extend([0.0, 1.0, 2.0, 3.0])
+    assert shelf.target(3.0) == 3  # four starts, at most three
+    assert shelf.target(DEMAND_WINDOW + 1.5) == 2  # the oldest two are out of the window
+    assert shelf.target(DEMAND_WINDOW + 10.0) == 1
 
 
 @pytest.mark.parametrize(

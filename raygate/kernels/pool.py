@@ -7,6 +7,13 @@ same launcher and the same :meth:`KernelHost.launch` as any kernel, admitted by 
 shape, an env that can still reach the kernel) gets it in tens of milliseconds instead of
 a launch; the pool then starts a replacement in the background.
 
+With ``--prewarm-max M`` a shelf follows demand: its target is the number of starts it
+was asked for in the last :data:`DEMAND_WINDOW` seconds, between its ``--prewarm`` size
+and ``M``, so a class starting together finds the next burst warm; once the starts stop,
+the target falls back and the ready kernels above it are shut down. Growth only fills
+room that ``--max-kernels`` leaves, and a shelf whose kernels cannot start (the cluster is
+full: their starts answer 503) backs off like any failing shelf.
+
 Pool kernels belong to no user until handed out: they are not in the registry's kernel
 table, so ``GET /api/kernels`` does not list them, culling never sees them and per-user
 limits do not count them. They do count against ``--max-kernels``: the pool only fills
@@ -26,6 +33,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -45,6 +53,8 @@ GATEWAY_ONLY_ENV = frozenset({"KERNEL_LAUNCH_TIMEOUT"})
 """Request variables the gateway itself consumes: a warm kernel need not have them."""
 APPLY_TIMEOUT = 10.0
 """Seconds a warm kernel has to take on a request's env before a cold start is made instead."""
+DEMAND_WINDOW = 120.0
+"""Seconds of starts a growing shelf (``--prewarm-max``) sizes itself by."""
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 """Back-off, in seconds, after a pool kernel failed to start (doubling up to the maximum)."""
 
@@ -86,10 +96,20 @@ class _Shelf:
     name: str
     size: int
     launcher: Launcher
+    most: int = 0
+    """The most it grows to with demand (``--prewarm-max``; at most ``size``: fixed)."""
     ready: list[Kernel] = field(default_factory=list)
     starting: int = 0
     failures: int = 0
     retry_at: float = 0.0
+    asked: deque[float] = field(default_factory=deque)
+    """When starts of this kernelspec were asked for, the last DEMAND_WINDOW seconds."""
+
+    def target(self, now: float) -> int:
+        """Ready kernels wanted now: ``size``, or the recent starts, up to ``most``."""
+        while self.asked and now - self.asked[0] > DEMAND_WINDOW:
+            self.asked.popleft()
+        return max(self.size, min(self.most, len(self.asked)))
 
 
 class KernelHost(Protocol):
@@ -132,9 +152,10 @@ class WarmPool:
         or cannot be started by this gateway."""
         self.host = host
         self.shelves: dict[str, _Shelf] = {}
+        most = host.config.prewarm_max
         for name, size in sizes.items():
             launcher = host.admission.pool_request(name).launcher  # and its resources are valid
-            self.shelves[name] = _Shelf(name, size, launcher)
+            self.shelves[name] = _Shelf(name, size, launcher, most=most)
         self.closed = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -148,6 +169,7 @@ class WarmPool:
         return {
             name: {
                 "size": shelf.size,
+                "target": shelf.target(time.monotonic()),
                 "ready": len(shelf.ready),
                 "starting": shelf.starting,
                 "launcher": shelf.launcher.kind,
@@ -225,6 +247,9 @@ class WarmPool:
         shelf = self.shelves.get(request.spec.name)
         if shelf is None or self.closed:
             return None
+        if shelf.most > shelf.size:
+            shelf.asked.append(time.monotonic())
+            self._wake.set()  # grow, even when this start finds nothing
         if not self._can_apply(request, request.spec.language):
             return None
         wanted = _shape(request)
@@ -307,10 +332,19 @@ class WarmPool:
 
     def _top_up(self) -> None:
         now = time.monotonic()
+        # Growth past --prewarm waits for users' starts in flight: it would take their CPU.
+        busy = self.host.admission.starting > 0
         for shelf in self.shelves.values():
+            target = shelf.target(now)
+            if busy:
+                target = max(shelf.size, min(target, len(shelf.ready) + shelf.starting))
+            while len(shelf.ready) > target:  # demand fell: the newest go first
+                kernel = shelf.ready.pop()
+                log.info("kernel %s: warm kernel shut down, fewer starts now", kernel.id)
+                self._discard(kernel)
             while (
                 not self.closed
-                and len(shelf.ready) + shelf.starting < shelf.size
+                and len(shelf.ready) + shelf.starting < target
                 and self._room() >= 1
                 and now >= shelf.retry_at
             ):
@@ -340,7 +374,8 @@ class WarmPool:
         finally:
             shelf.starting -= 1
         shelf.failures = 0
-        if self.closed or len(shelf.ready) >= shelf.size or self._room() < 1:
+        wanted = shelf.target(time.monotonic())
+        if self.closed or len(shelf.ready) >= wanted or self._room() < 1:
             self._discard(kernel)  # no longer wanted, or its room went to a user's kernel
             return
         shelf.ready.append(kernel)
