@@ -129,7 +129,13 @@ class Gateway:
 
 
 def raygate_connection_file(kernel_id: str) -> str | None:
-    pattern = os.path.join(tempfile.gettempdir(), "raygate-local-*", f"kernel-{kernel_id}.json")
+    """The connection file the local launcher's kernel supervisor wrote for a kernel."""
+    pattern = os.path.join(
+        tempfile.gettempdir(),
+        "raygate-local-*",
+        f"raygate-kernel-{kernel_id[:8]}-*",
+        "connection.json",
+    )
     found = glob.glob(pattern)
     return found[0] if found else None
 

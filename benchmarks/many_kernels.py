@@ -28,7 +28,12 @@ is missed, 2 when kernels were left behind. Every kernel is shut down at the end
 gateway stopped; leftover processes are reported.
 
     python benchmarks/many_kernels.py [--kernels 200] [--batch 8] [--connect-idle]
-                                      [--launcher ray] [--json out.json]
+                                      [--launcher ray|standin] [--json out.json]
+
+``--launcher standin`` makes the idle kernels stand-ins (``benchmarks/standin_kernels.py``:
+one process serving every idle kernel's five sockets with the real, signed protocol), so
+that a thousand fit this machine and what is measured is the gateway's own cost; the
+active kernel stays a real ipykernel (local launcher).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import httpx
 import psutil
 import websockets
 from bridge import Gateway, free_port, machine, raygate_connection_file
+from standin_kernels import CONTROL_ENV, install_entry_point
 
 from raygate.bench.client import GatewayClient
 from raygate.bench.measure import (
@@ -70,6 +76,7 @@ MESSAGES_PER_RTT = 5
 BRIDGE_GOAL_US = 1000.0
 """The gateway's CPU per message bridged, at most this (well under it, really)."""
 MIB = 2**20
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class ManyGateway(Gateway):
@@ -80,16 +87,45 @@ class ManyGateway(Gateway):
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="raygate-many-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "raygate", "serve", "--default-launcher", args.launcher]
+        default = "local" if args.launcher == "standin" else args.launcher
+        cmd = [sys.executable, "-m", "raygate", "serve", "--default-launcher", default]
         cmd += ["--ip", "127.0.0.1", "--port", str(self.port), "--auth-token", self.token]
         cmd += ["--log-level", "info"]
         if args.launcher == "ray":
             cmd += ["--ray-num-cpus", str(args.kernels + 16)]
             cmd += ["--ray-kernel-cpus", str(args.ray_kernel_cpus)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(os.environ)
+        self.standin: subprocess.Popen | None = None
+        if args.launcher == "standin":
+            # The idle kernels are stand-ins in one host process; the active one is a real
+            # local ipykernel (kernelspec python3), so its ZMQ baseline is a real kernel's.
+            root = tempfile.mkdtemp(prefix="raygate-many-standin-")
+            control = f"tcp://127.0.0.1:{free_port()}"
+            host = [sys.executable, os.path.join(HERE, "standin_kernels.py"), "--control", control]
+            self.standin = subprocess.Popen(host)
+            write_standin_specs(os.path.join(root, "kernels"))
+            cmd += ["--kernelspec-dirs", os.path.join(root, "kernels")]
+            paths = [install_entry_point(os.path.join(root, "path")), HERE]
+            env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+            env[CONTROL_ENV] = control
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"token {self.token}"}, timeout=300
         )
+
+
+def write_standin_specs(root: str) -> None:
+    """``python3``: a real ipykernel (the active kernel); ``standin``: a stand-in kernel."""
+    for name, argv, launcher in (
+        ("python3", [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], ""),
+        ("standin", ["standin"], "standin"),
+    ):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        spec: dict[str, Any] = {"argv": argv, "display_name": name, "language": "python"}
+        if launcher:
+            spec["metadata"] = {"raygate": {"launcher": launcher}}
+        with open(os.path.join(root, name, "kernel.json"), "w") as f:
+            json.dump(spec, f)
 
 
 def connection_file(kernel_id: str) -> str | None:
@@ -145,13 +181,13 @@ def placed_pids(models: list[dict[str, Any]], key: str) -> list[int]:
 
 
 async def idle_cpu(
-    gateway_pid: int, models: list[dict[str, Any]], seconds: float
+    gateway_pid: int, models: list[dict[str, Any]], seconds: float, hosts: tuple[int, ...] = ()
 ) -> dict[str, float]:
     """CPU seconds the gateway, the kernels and (Ray) their actors' workers used while
     nothing was asked of them."""
     groups = {
         "gateway_cpu_s": [gateway_pid],
-        "kernels_cpu_s": placed_pids(models, "pid"),
+        "kernels_cpu_s": placed_pids(models, "pid") + list(hosts),
         "actor_workers_cpu_s": placed_pids(models, "actor_pid"),
     }
     before = {key: cpu_seconds(pids) for key, pids in groups.items()}
@@ -164,13 +200,18 @@ async def idle_cpu(
 
 
 async def start_kernels(
-    gateway: ManyGateway, models: list[dict[str, Any]], count: int, batch: int, timeout: float
+    gateway: ManyGateway,
+    models: list[dict[str, Any]],
+    count: int,
+    batch: int,
+    timeout: float,
+    name: str = "python3",
 ) -> None:
     """Start ``count`` kernels, ``batch`` at a time, adding their models to ``models`` as
     they come (so that the kernels of a run that fails half-way are shut down too)."""
     first_new = len(models)
     headers = {"Authorization": f"token {gateway.token}"}
-    body = {"name": "python3", "env": {"KERNEL_LAUNCH_TIMEOUT": str(int(timeout))}}
+    body = {"name": name, "env": {"KERNEL_LAUNCH_TIMEOUT": str(int(timeout))}}
     async with httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=None) as http:
         started = time.monotonic()
         for first in range(0, count, batch):
@@ -366,20 +407,27 @@ async def run(args: argparse.Namespace) -> int:
         alone = await measure_rtts(clients, args.rounds, args.block, pid)
         one = gateway_state(pid)
         print(f"idle for {args.idle_seconds:g}s with 1 kernel")
-        idle_one = await idle_cpu(pid, models, args.idle_seconds)
+        hosts = (gateway.standin.pid,) if gateway.standin is not None else ()
+        idle_one = await idle_cpu(pid, models, args.idle_seconds, hosts)
 
         print(f"starting {args.kernels} kernels, {args.batch} at a time")
         started = time.monotonic()
-        await start_kernels(gateway, models, args.kernels, args.batch, args.launch_timeout)
+        idle_spec = "standin" if args.launcher == "standin" else "python3"
+        await start_kernels(
+            gateway, models, args.kernels, args.batch, args.launch_timeout, idle_spec
+        )
         start_seconds = time.monotonic() - started
         if args.connect_idle:
             idle_sockets = await connect_idle(gateway, [m["id"] for m in models[1:]])
         print(f"settling for {args.settle:g}s, then idle for {args.idle_seconds:g}s")
         await asyncio.sleep(args.settle)
         gone_pids = [p for m in models for p in kernel_pids(m)]
-        idle_many = await idle_cpu(pid, models, args.idle_seconds)
+        idle_many = await idle_cpu(pid, models, args.idle_seconds, hosts)
         many = gateway_state(pid)
         per_kernel = [[memory(p) for p in kernel_pids(m)] for m in models[1:]]
+        if gateway.standin is not None:  # all in one process: its share per kernel
+            rss, pss = memory(gateway.standin.pid)
+            per_kernel = [[(rss / args.kernels, pss / args.kernels)]]
         print(f"{args.rounds} round trips per way in, among {args.kernels} idle kernels")
         among = await measure_rtts(clients, args.rounds, args.block, pid)
 
@@ -414,7 +462,10 @@ async def run(args: argparse.Namespace) -> int:
             },
             "gateway": {"one": one, "many": many, "idle_one": idle_one, "idle_many": idle_many},
             "kernel_memory_mib": {
-                "what": "kernel + actor worker" if args.launcher == "ray" else "kernel process",
+                "what": {
+                    "ray": "kernel + actor worker",
+                    "standin": "the stand-in host's memory / kernels",
+                }.get(args.launcher, "kernel process"),
                 "n": len(per_kernel),
                 "rss": statistics.median(sum(r for r, _ in k) for k in per_kernel),
                 "pss": statistics.median(sum(p for _, p in k) for k in per_kernel),
@@ -455,6 +506,9 @@ async def run(args: argparse.Namespace) -> int:
         if gateway.proc.poll() is None:
             descendants = [p.pid for p in psutil.Process(gateway.proc.pid).children(True)]
         gateway.stop()
+        if gateway.standin is not None:
+            gateway.standin.terminate()
+            gateway.standin.wait(30)
         leftover = still_running(sorted(set(gone_pids) | set(descendants)))
         if leftover or failed_stops:
             print(f"LEFT BEHIND: processes {leftover}, kernels not shut down {failed_stops}")
@@ -477,7 +531,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="kernels started at once")
     parser.add_argument("--rounds", type=int, default=300, help="timed round trips per way in")
     parser.add_argument("--block", type=int, default=20, help="round trips per alternation block")
-    parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "ray", "standin"),
+        default="local",
+        help="where the idle kernels run; standin: stand-ins in one process "
+        "(benchmarks/standin_kernels.py), for a thousand kernels",
+    )
     parser.add_argument(
         "--ray-kernel-cpus", type=float, default=0.05, help="CPUs each Ray kernel reserves"
     )
