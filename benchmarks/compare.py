@@ -35,6 +35,7 @@ import os
 import secrets
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ from raygate import __version__
 from raygate.bench import BenchError, BenchOptions, Server, run_servers
 from raygate.bench.client import GatewayClient
 from raygate.bench.command import RichProgress
-from raygate.bench.measure import Target, ready_kernel, start_to_ready
+from raygate.bench.measure import Target, measure_concurrent, ready_kernel, start_to_ready
 from raygate.bench.report import METRICS, ZMQ_METRICS, _count_of, _format, ratio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +73,24 @@ WARM_GOAL_S = 0.1
 """p50 start to ready of a warm kernel under this many seconds..."""
 WARM_VS_KG_GOAL = 10.0
 """...and at least this many times faster than Kernel Gateway's (cold) start."""
+BURSTS = (8, 32)
+"""Kernels started at once, on each server in turn (issue 14)."""
+POOL_MAX = 32
+"""--prewarm-max of the warm Ray server: its pool may grow to a burst of 32."""
+BURST_VS_KG_GOAL = 1.5
+"""A Ray burst of 8 all ready within this factor of Kernel Gateway's 8 local starts..."""
+RAY_COLD_GOAL = 1.2
+"""...one cold Ray kernel (p50) within this factor of a local raygate kernel..."""
+RAY_WARM_GOAL_S = 0.05
+"""...a warm Ray kernel (p50) under this many seconds..."""
+FOOTPRINT_GOAL = 1.5
+"""...an idle Ray kernel's PSS (kernel + its actor's worker) within this factor of a local
+kernel's..."""
+FLOOD_GOAL = 0.95
+"""...and the small-output flood at least this fraction of straight ZMQ's, every line."""
+FOOTPRINT_KERNELS = 4
+"""Idle kernels per server whose memory is measured."""
+WARM_KINDS = ("raygate-warm", "raygate-ray-warm")
 
 
 # -- the servers ------------------------------------------------------------------------
@@ -141,6 +160,14 @@ def kinds(pool: int, ray_cpus: int) -> list[Kind]:
             "raygate-ray",
             "raygate (Ray)",
             raygate_args=("--default-launcher", "ray", "--ray-num-cpus", str(ray_cpus)),
+        ),
+        Kind(
+            "raygate-ray-warm",
+            "raygate (Ray, warm)",
+            raygate_args=(
+                *("--default-launcher", "ray", "--ray-num-cpus", str(ray_cpus)),
+                *("--prewarm", f"{KERNELSPEC}={pool}", "--prewarm-max", str(POOL_MAX)),
+            ),
         ),
         Kind("kg", "Kernel Gateway", venv=KG),
         Kind("eg", "Enterprise Gateway", venv=EG),
@@ -288,6 +315,21 @@ class Running:
             return f"killed after {timeout:g} s"
 
 
+def descendants(pid: int | None) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True) if pid else []
+    except psutil.NoSuchProcess:
+        return []
+
+
+def pss_mib(pid: int | None) -> float | None:
+    """A process's proportional set size (its share of the pages it shares), in MiB."""
+    try:
+        return psutil.Process(pid).memory_full_info().pss / 2**20 if pid else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
 def headers(server: Running) -> dict[str, str]:
     return {"Authorization": f"token {server.token}"}
 
@@ -413,7 +455,7 @@ class Fleet:
     async def settle(self) -> None:
         """The warm pool full again before anything is timed."""
         for server in self.servers:
-            if server.kind.key == "raygate-warm":
+            if server.kind.key in WARM_KINDS:
                 await wait_pool_full(server, self.pool)
 
     async def warm_up(self) -> None:
@@ -435,6 +477,65 @@ class Fleet:
                 if failed:
                     raise BenchError(f"{target.label}: an extra kernel failed: {failed[0]}")
         await self.settle()
+
+    async def bursts(self, sizes: list[int], progress: Any) -> list[dict[str, Any]]:
+        """``size`` kernels asked for at once on each server in turn (its warm pool full
+        first), for each size: raygate.bench's concurrent measurement."""
+        done = []
+        for size in sizes:
+            if not self.memory_allows(size):
+                done.append({"size": size, "skipped_for_memory": True, "results": {}})
+                continue
+            results: dict[str, Any] = {}
+            for server, target in zip(self.servers, self.targets):
+                await self.settle()
+                (result,) = await measure_concurrent([target], size, progress)
+                results[server.kind.key] = result
+            done.append({"size": size, "results": results})
+        await self.settle()
+        return done
+
+    async def footprint(self, count: int) -> dict[str, Any]:
+        """PSS of ``count`` idle kernels per server, each kernel's own processes: for
+        raygate the kernel process and (Ray) its actor's worker, from the kernel's
+        placement; for the others the processes the server started for it."""
+        found: dict[str, Any] = {}
+        for server, target in zip(self.servers, self.targets):
+            before = {p.pid for p in descendants(server.pid)}
+            ids: list[str] = []
+            try:
+                for _ in range(count):
+                    await ready_kernel(target, ids)
+                await asyncio.sleep(3)  # idle
+                kernels, workers = [], []
+                async with httpx.AsyncClient(base_url=server.url, headers=headers(server)) as http:
+                    models = [(await http.get(f"/api/kernels/{k}")).json() for k in ids]
+                placements = [m.get("placement") or {} for m in models]
+                if any(p.get("pid") for p in placements):
+                    kernels = [pss_mib(p.get("pid")) for p in placements]
+                    workers = [pss_mib(p.get("actor_pid")) for p in placements]
+                else:  # one process tree per kernel, new since the start
+                    new = [p for p in descendants(server.pid) if p.pid not in before]
+                    tops = [p for p in new if p.ppid() not in {q.pid for q in new}]
+                    kernels = [
+                        sum(pss_mib(q.pid) or 0 for q in [t, *t.children(True)]) for t in tops
+                    ]
+                kernel = [k for k in kernels if k]
+                worker = [w for w in workers if w]
+                found[server.kind.key] = {
+                    "n": len(kernel),
+                    "kernel_pss_mib": statistics.median(kernel) if kernel else None,
+                    "worker_pss_mib": statistics.median(worker) if worker else None,
+                    "pss_mib": (statistics.median(kernel) if kernel else 0)
+                    + (statistics.median(worker) if worker else 0)
+                    if kernel
+                    else None,
+                }
+            finally:
+                for kernel_id in ids:
+                    await target.client.delete_kernel(kernel_id)
+        await self.settle()
+        return found
 
     def memory_allows(self, count: int, per_kernel: float = 250e6, spare: float = 3e9) -> bool:
         """Whether ``count`` extra kernels per server fit in the memory free now."""
@@ -460,6 +561,7 @@ async def measure(
     scan_options: BenchOptions,
     live: list[int],
     pool: int,
+    burst_sizes: list[int],
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -480,6 +582,10 @@ async def measure(
             await fleet.warm_up()
             progress.advance()
             main = named(await run_servers(fleet.bench_servers(), options, progress), servers)
+            bursts = await fleet.bursts(burst_sizes, progress)
+            progress.phase(f"memory of {FOOTPRINT_KERNELS} idle kernels per server", 1)
+            footprint = await fleet.footprint(FOOTPRINT_KERNELS)
+            progress.advance()
             for count in live:
                 if not fleet.memory_allows(count):
                     skipped.append(count)
@@ -502,6 +608,8 @@ async def measure(
         print(f"the live-kernel scan stopped {scan_error}")
     return {
         "main": main,
+        "bursts": bursts,
+        "footprint": footprint,
         "scan": scan,
         "scan_skipped_for_memory": skipped,
         "scan_error": scan_error,
@@ -597,14 +705,171 @@ def check_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
         speedup is not None and speedup >= WARM_VS_KG_GOAL,
         "n/a" if speedup is None else f"{speedup:.1f}x",
     )
+    issue14_goals(report, add)
     return goals
+
+
+def burst_wall(report: dict[str, Any], size: int, name: str) -> float | None:
+    for burst in report.get("bursts") or []:
+        if burst["size"] == size:
+            result = burst["results"].get(name) or {}
+            return result.get("wall_s") if not result.get("failures") else None
+    return None
+
+
+def issue14_goals(report: dict[str, Any], add: Any) -> None:
+    """Bursts, Ray starts, footprint and the flood (issue 14); ``add`` records each."""
+    results = by_name(report["main"])
+    vs_zmq = (report["main"].get("vs_zmq") or {}).get("values") or {}
+    kg8 = burst_wall(report, 8, "kg")
+    for name in ("raygate-ray", "raygate-ray-warm"):
+        if name not in results:
+            continue
+        title = results[name]["title"]
+        mine = burst_wall(report, 8, name)
+        r = None if mine is None or not kg8 else mine / kg8
+        add(
+            f"{title}: 8 at once all ready within {BURST_VS_KG_GOAL}x of Kernel Gateway's 8",
+            r,
+            r is not None and r <= BURST_VS_KG_GOAL,
+            "n/a" if r is None else f"{r:.2f}x ({mine:.2f} s against {kg8:.2f} s)",
+        )
+        for burst in report.get("bursts") or []:
+            if burst["size"] != 32 or name not in burst["results"]:
+                continue
+            res = burst["results"][name]
+            add(
+                f"{title}: 32 at once, no failures",
+                float(res["failures"]),
+                res["failures"] == 0,
+                f"{res['ready']} of 32 ready in {res['wall_s']:.1f} s",
+            )
+    cold = value(results.get("raygate-ray"), "start_p50_s")
+    local = value(results.get("raygate-local"), "start_p50_s")
+    r = None if cold is None or not local else cold / local
+    add(
+        f"raygate (Ray): one cold start (p50) within {RAY_COLD_GOAL}x of a local one",
+        r,
+        r is not None and r <= RAY_COLD_GOAL,
+        "n/a" if r is None else f"{r:.2f}x",
+    )
+    warm = value(results.get("raygate-ray-warm"), "start_p50_s")
+    add(
+        f"raygate (Ray, warm): start to ready p50 under {RAY_WARM_GOAL_S * 1000:.0f} ms",
+        warm,
+        warm is not None and warm < RAY_WARM_GOAL_S,
+        "n/a" if warm is None else f"{warm * 1000:.0f} ms",
+    )
+    feet = report.get("footprint") or {}
+    ray_pss = (feet.get("raygate-ray") or {}).get("pss_mib")
+    local_pss = (feet.get("raygate-local") or {}).get("pss_mib")
+    r = None if ray_pss is None or not local_pss else ray_pss / local_pss
+    add(
+        f"raygate (Ray): an idle kernel's PSS within {FOOTPRINT_GOAL}x of a local one's",
+        r,
+        r is not None and r <= FOOTPRINT_GOAL,
+        "n/a" if r is None else f"{r:.2f}x ({ray_pss:.0f} MiB against {local_pss:.0f} MiB)",
+    )
+    for name, result in results.items():
+        if not name.startswith("raygate"):
+            continue
+        flood = vs_zmq.get(result["url"], {}).get("flood_lines_per_s")
+        every = bool((result.get("flood") or {}).get("all_identical"))
+        add(
+            f"{result['title']}: small-output flood at least {FLOOD_GOAL}x of ZMQ, every line",
+            flood,
+            flood is not None and flood >= FLOOD_GOAL and every,
+            "n/a" if flood is None else f"{flood:.2f}x, {'every' if every else 'NOT every'} line",
+        )
+
+
+def plot_bursts(report: dict[str, Any], img: Path, plt: Any) -> list[str]:
+    """Start latency against burst size, and each server's memory per idle kernel."""
+    written = []
+    names = [(s["name"], s["title"]) for s in report["main"]["servers"]]
+    bursts = [b for b in report.get("bursts") or [] if b["results"]]
+    if bursts:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        for name, title in names:
+            xs, ys = [1], [value(by_name(report["main"]).get(name), "start_p50_s")]
+            for burst in bursts:
+                result = burst["results"].get(name) or {}
+                xs.append(burst["size"])
+                ys.append(result.get("wall_s") if not result.get("failures") else None)
+            ax.plot(xs, ys, marker="o", label=title)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([1, *[b["size"] for b in bursts]])
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("kernels asked for at once (1: one start, p50)")
+        ax.set_ylabel("until all are ready (s, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(img / "burst-latency.png")
+        plt.close(fig)
+        written.append("img/burst-latency.png")
+    feet = report.get("footprint") or {}
+    if feet:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        titles = [t for n, t in names if n in feet]
+        kernel = [(feet[n].get("kernel_pss_mib") or 0) for n, _ in names if n in feet]
+        worker = [(feet[n].get("worker_pss_mib") or 0) for n, _ in names if n in feet]
+        ax.bar(titles, kernel, label="kernel process")
+        ax.bar(titles, worker, bottom=kernel, label="its Ray actor's worker process")
+        ax.set_ylabel("PSS per idle kernel (MiB)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(img / "kernel-memory.png")
+        plt.close(fig)
+        written.append("img/kernel-memory.png")
+    return written
+
+
+def bursts_table(report: dict[str, Any]) -> list[str]:
+    names = [(s["name"], s["title"]) for s in report["main"]["servers"]]
+    rows = []
+    for burst in report.get("bursts") or []:
+        if burst.get("skipped_for_memory"):
+            rows.append([str(burst["size"]), *["skipped (memory)" for _ in names]])
+            continue
+        row = [str(burst["size"])]
+        for name, _ in names:
+            result = burst["results"].get(name)
+            if result is None:
+                row.append("")
+                continue
+            cell = f"{_format(result['wall_s'], 's')}"
+            if result["failures"]:
+                cell += f", {result['failures']} failed"
+            row.append(cell)
+        rows.append(row)
+    return md_table(["at once", *[t for _, t in names]], rows)
+
+
+def footprint_table(report: dict[str, Any]) -> list[str]:
+    feet = report.get("footprint") or {}
+    rows = []
+    for server in report["main"]["servers"]:
+        f = feet.get(server["name"])
+        if not f:
+            continue
+        rows.append(
+            [
+                server["title"],
+                "n/a" if f["kernel_pss_mib"] is None else f"{f['kernel_pss_mib']:.0f} MiB",
+                "" if f["worker_pss_mib"] is None else f"{f['worker_pss_mib']:.0f} MiB",
+                "n/a" if f["pss_mib"] is None else f"{f['pss_mib']:.0f} MiB",
+            ]
+        )
+    return md_table(["server", "kernel process", "its actor's worker", "per idle kernel"], rows)
 
 
 def plot(report: dict[str, Any], img: Path) -> list[str]:
     """The two plots of the live-kernel scan; returns their paths relative to docs/."""
     scan = report["scan"]
-    if not scan:
-        return []
     try:
         import matplotlib
     except ImportError:
@@ -613,6 +878,9 @@ def plot(report: dict[str, Any], img: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
+    bursts = plot_bursts(report, img, plt)
+    if not scan:
+        return bursts
     xs = [doc["live_kernels"] for doc in scan]
     names = [(s["name"], s["title"]) for s in report["main"]["servers"]]
     written = []
@@ -640,7 +908,7 @@ def plot(report: dict[str, Any], img: Path) -> list[str]:
         fig.savefig(img / filename)
         plt.close(fig)
         written.append(f"img/{filename}")
-    return written
+    return bursts + written
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -664,6 +932,10 @@ def figures_table(main: dict[str, Any]) -> list[str]:
         title = m.title.replace("N at once", f"{options['concurrent']} at once")
         if m.key.startswith("output_"):
             title += f" ({options['output_mb']:g} MB x {options['output_rounds']})"
+        if m.key.startswith("flood_"):
+            title += (
+                f" ({options.get('flood_lines', 0):,} lines x {options.get('flood_rounds', 0)})"
+            )
         if m.unit == "count":
             cells = [_count_of(s, m) for s in servers]
         else:
@@ -931,8 +1203,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"After one untimed start on each server: {options['starts']} sequential starts, "
         f"{options['concurrent']} at once, {options['rounds']} round trips in blocks of "
         f"{options['block']}, {options['output_mb']:g} MB printed x {options['output_rounds']} "
-        f"in {options['chunk_kb']} KiB pieces, {options['interrupts']} interrupts and "
-        f"{options['restarts']} restarts per server.",
+        f"in {options['chunk_kb']} KiB pieces, {options.get('flood_rounds', 0)} floods of "
+        f"{options.get('flood_lines', 0):,} flushed one-line prints "
+        "(`for i in range(N): print(i, flush=True)`), "
+        f"{options['interrupts']} interrupts and {options['restarts']} restarts per server.",
         "",
         *figures_table(main),
         "",
@@ -944,7 +1218,25 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *ratios_table(main),
         "",
-        "## Goals (issue 7)",
+        "## Bursts",
+        "",
+        "Kernels asked for at once on each server in turn (warm pools full first), from "
+        "the first `POST` until every one answers kernel_info on its WebSocket; the Ray "
+        "servers run an embedded Ray with "
+        f"{report.get('ray_cpus', 64)} logical CPUs on this machine.",
+        "",
+        *bursts_table(report),
+        "",
+        "## Memory of an idle kernel",
+        "",
+        f"PSS (each process's share of the pages it shares) of {FOOTPRINT_KERNELS} idle "
+        "kernels per server, median: the kernel process, and for Ray the worker process of "
+        "its actor. Idle Ray workers kept ahead of demand (`--ray-warm-workers`) and warm "
+        "pool kernels are not counted here.",
+        "",
+        *footprint_table(report),
+        "",
+        "## Goals (issues 7 and 14)",
         "",
         *md_table(
             ["goal", "this run", "result"],
@@ -992,8 +1284,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated servers to measure (default all): "
-        "raygate-local,raygate-warm,raygate-ray,kg,eg",
+        "raygate-local,raygate-warm,raygate-ray,raygate-ray-warm,kg,eg",
     )
+    parser.add_argument(
+        "--bursts",
+        default=",".join(map(str, BURSTS)),
+        help="kernels started at once, per server in turn (0: none)",
+    )
+    parser.add_argument("--flood-lines", type=int, help="lines of the small-output flood")
     parser.add_argument("--live", default="", help="live-kernel counts (default 0,5,10,20)")
     parser.add_argument("--pool", type=int, default=2, help="warm kernels (--prewarm python3=N)")
     parser.add_argument("--ray-cpus", type=int, default=64, help="logical CPUs of the Ray")
@@ -1013,6 +1311,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         [0, 5] if args.quick else [0, 5, 10, 20]
     )
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    args.bursts = [int(x) for x in args.bursts.split(",") if x.strip() and int(x) > 0]
     return args
 
 
@@ -1025,6 +1324,8 @@ def options_from(args: argparse.Namespace) -> tuple[BenchOptions, BenchOptions]:
         rounds=args.rounds or (100 if q else 200),
         output_mb=args.output_mb or (10.0 if q else 20.0),
         output_rounds=2 if q else 3,
+        flood_lines=args.flood_lines or 20000,
+        flood_rounds=2 if q else 3,
         interrupts=2 if q else 3,
         restarts=2 if q else 3,
         zmq_baseline=True,
@@ -1035,6 +1336,7 @@ def options_from(args: argparse.Namespace) -> tuple[BenchOptions, BenchOptions]:
         concurrent=0,
         rounds=args.scan_rounds or (60 if q else 100),
         output_rounds=0,
+        flood_rounds=0,
         interrupts=0,
         restarts=0,
         zmq_baseline=True,
@@ -1106,6 +1408,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "options": asdict(options),
         "scan_options": asdict(scan_options),
+        "ray_cpus": args.ray_cpus,
     }
     load = report["machine_at_start"]["load_average"][0]
     print(f"load average {load} on {os.cpu_count()} cores; logs in {scratch}")
@@ -1126,7 +1429,9 @@ def main(argv: list[str] | None = None) -> int:
             {"name": s.kind.key, "title": s.kind.title, "command": shown_command(s)}
             for s in servers
         ]
-        report.update(asyncio.run(measure(servers, options, scan_options, args.live, args.pool)))
+        report.update(
+            asyncio.run(measure(servers, options, scan_options, args.live, args.pool, args.bursts))
+        )
     except KeyboardInterrupt:
         print("interrupted: stopping everything")
         status = 130

@@ -12,6 +12,7 @@ from kgclient import Gateway
 
 TINY = ["--starts", "2", "--concurrent", "2", "--rounds", "10", "--output-mb", "1"]
 TINY += ["--output-rounds", "1", "--interrupts", "1", "--restarts", "1"]
+TINY += ["--flood-lines", "300", "--flood-rounds", "1"]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,8 @@ def assert_sane(result: dict, url: str, mb: float = 1, rounds: int = 1) -> None:
     assert output["bytes_delivered"] == output["bytes_expected"]
     assert output["delivered_pct"] == 100.0 and output["all_identical"]
     assert output["mb_per_s"] > 0
+    flood = result["flood"]
+    assert flood["lines_delivered"] == 300 and flood["all_identical"], flood
     for name in ("interrupt", "restart"):
         assert result[name]["failures"] == 0, result[name]["errors"]
         assert result[name]["n"] == 1 and result[name]["p50_s"] > 0

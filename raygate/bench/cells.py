@@ -42,3 +42,13 @@ def print_cell(chunk: int) -> str:
         f"    _rg_sys.stdout.write(_rg_text[_rg_i:_rg_i + {chunk}])\n"
         "    _rg_sys.stdout.flush()\n"
     )
+
+
+def flood_cell(lines: int) -> str:
+    """Many small outputs, as a progress bar makes them: one flushed line at a time."""
+    return f"for _rg_i in range({lines}): print(_rg_i, flush=True)"
+
+
+def flood_text(lines: int) -> str:
+    """What :func:`flood_cell` prints."""
+    return "".join(f"{i}\n" for i in range(lines))

@@ -74,6 +74,8 @@ def _count(help: str, default: int) -> Any:
 )
 @_count("--output-rounds Timed prints of --output-mb per server.", 3)
 @_count("--chunk-kb The cell prints in flushed pieces of this many KiB (0: one print).", 64)
+@_count("--flood-lines Lines one cell prints with a flushed print() each (0: skip).", 20000)
+@_count("--flood-rounds Timed floods of --flood-lines per server.", 2)
 @_count("--interrupts Interrupts of a running time.sleep(60) (0: skip).", 3)
 @_count("--restarts Kernel restarts, until ready (0: skip).", 3)
 @click.option(

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .cells import SLEEP, TRIVIAL, make_text, print_cell, setup_cell
+from .cells import SLEEP, TRIVIAL, flood_cell, flood_text, make_text, print_cell, setup_cell
 from .client import BenchError, GatewayClient, KernelSocket, Outcome
 from .usage import UsageProbe
 
@@ -360,6 +360,70 @@ async def measure_output(
                 "gateway_cpu_s": cpu[i] if probes[i] is not None else None,
                 "gateway_cpu_ms_per_mb": cpu[i] * 1e3 / (mb * len(done))
                 if probes[i] is not None and done
+                else None,
+                "runs": done,
+            }
+        )
+    return results
+
+
+async def measure_flood(
+    channels: list[Channel],
+    lines: int,
+    rounds: int,
+    timeout: float,
+    progress: Progress,
+    probes: list[UsageProbe | None] | None = None,
+) -> list[dict]:
+    """A cell printing ``lines`` numbered lines, one flushed print each: stream messages
+    per second from the request to idle, and every line checked (in order, none lost)."""
+    probes = probes or [None] * len(channels)
+    expected = flood_text(lines)
+    cell = flood_cell(lines)
+    progress.phase(f"{lines:,} small outputs x {rounds}", rounds * len(channels))
+    runs: list[list[dict]] = [[] for _ in channels]
+    cpu = [0.0] * len(channels)
+    for order in orders(rounds, len(channels)):
+        for i in order:
+            channel = channels[i]
+            await channel.open()
+            try:
+                await bounded(channel.execute(TRIVIAL), timeout, f"{channel.label}: execute")
+                before = await _cpu(probes[i])
+                started = time.perf_counter()
+                out = await bounded(channel.execute(cell), timeout, f"{channel.label}: flood")
+                elapsed = time.perf_counter() - started
+                cpu[i] += _cpu_delta(before, await _cpu(probes[i]))
+            finally:
+                await channel.close()
+            text = "".join(out.stdout)
+            runs[i].append(
+                {
+                    "seconds": elapsed,
+                    "messages": out.stream_messages,
+                    "messages_per_s": out.stream_messages / elapsed,
+                    "lines_per_s": lines / elapsed,
+                    "lines_delivered": text.count("\n"),
+                    "identical": text == expected,
+                    "status": out.status,
+                }
+            )
+            progress.advance()
+    results = []
+    for i, done in enumerate(runs):
+        delivered = sum(r["lines_delivered"] for r in done)
+        wanted = lines * len(done)
+        results.append(
+            {
+                "lines": lines,
+                "rounds": len(done),
+                "lines_per_s": statistics.median(r["lines_per_s"] for r in done),
+                "messages_per_s": statistics.median(r["messages_per_s"] for r in done),
+                "lines_delivered": delivered,
+                "delivered_pct": 100.0 * delivered / wanted if wanted else None,
+                "all_identical": all(r["identical"] and r["status"] == "ok" for r in done),
+                "gateway_cpu_us_per_line": cpu[i] * 1e6 / wanted
+                if probes[i] is not None and wanted
                 else None,
                 "runs": done,
             }

@@ -50,6 +50,20 @@ METRICS = (
         "%",
         lower_is_better=False,
     ),
+    Metric(
+        "flood_lines_per_s",
+        ("flood", "lines_per_s"),
+        "small-output flood: lines/s",
+        "lines/s",
+        lower_is_better=False,
+    ),
+    Metric(
+        "flood_delivered_pct",
+        ("flood", "delivered_pct"),
+        "small-output flood: delivered",
+        "%",
+        lower_is_better=False,
+    ),
     Metric("interrupt_p50_s", ("interrupt", "p50_s"), "interrupt latency, p50", "s"),
     Metric("restart_p50_s", ("restart", "p50_s"), "restart to ready, p50", "s"),
     Metric(
@@ -73,7 +87,7 @@ METRICS = (
     ),
 )
 
-ZMQ_METRICS = ("round_trip_p50_ms", "round_trip_p99_ms", "output_mb_per_s")
+ZMQ_METRICS = ("round_trip_p50_ms", "round_trip_p99_ms", "output_mb_per_s", "flood_lines_per_s")
 
 
 def ratio(first: float | None, second: float | None) -> float | None:
@@ -128,6 +142,8 @@ def _format(value: float | None, unit: str) -> str:
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
     if unit in ("ms", "us"):
         return f"{value:.{3 if value < 10 else 1}f} {unit}"
+    if unit == "lines/s":
+        return f"{value:,.0f} {unit}"
     return f"{value:.1f} {unit}"
 
 

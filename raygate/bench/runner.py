@@ -20,6 +20,7 @@ from .measure import (
     WebSocketChannel,
     bounded,
     measure_concurrent,
+    measure_flood,
     measure_interrupts,
     measure_output,
     measure_restarts,
@@ -49,6 +50,9 @@ class BenchOptions:
     output_rounds: int = 3
     chunk_kb: int = 64
     """The output cell prints in flushed pieces of this many KiB (0: one print)."""
+    flood_lines: int = 20000
+    """Lines the flood cell prints, one flushed print() each (many small messages)."""
+    flood_rounds: int = 2
     interrupts: int = 3
     restarts: int = 3
     framing: str = "legacy"
@@ -137,7 +141,8 @@ async def run_servers(
             await phase("concurrent", measure_concurrent(targets, options.concurrent, progress))
 
         zmq_result: dict[str, Any] | None = None
-        needs_kernel = options.rounds or options.output_rounds or options.interrupts
+        floods = options.flood_rounds and options.flood_lines > 0
+        needs_kernel = options.rounds or options.output_rounds or floods or options.interrupts
         if needs_kernel or options.restarts:
             progress.phase("starting a kernel per server for the next measurements", 1)
             kernel_ids = []
@@ -153,7 +158,7 @@ async def run_servers(
             probes: list[UsageProbe | None] = [
                 t.probe if t.probe.available else None for t in targets
             ]
-            if options.zmq_baseline and (options.rounds or options.output_rounds):
+            if options.zmq_baseline and (options.rounds or options.output_rounds or floods):
                 connection_file = await bounded(
                     stack.enter_async_context(local_kernel(options.kernelspec)),
                     options.timeout,
@@ -185,6 +190,19 @@ async def run_servers(
                     result["output"] = output
                 if zmq_result is not None:
                     zmq_result["output"] = outputs[-1]
+            if floods:
+                flooded = await measure_flood(
+                    channels,
+                    options.flood_lines,
+                    options.flood_rounds,
+                    options.timeout,
+                    progress,
+                    probes,
+                )
+                for result, flood in zip(results, flooded):
+                    result["flood"] = flood
+                if zmq_result is not None:
+                    zmq_result["flood"] = flooded[-1]
             if options.interrupts:
                 await phase(
                     "interrupt",
@@ -251,6 +269,10 @@ async def run_zmq_baseline(
                 options.chunk_kb,
                 options.timeout,
                 progress,
+            )
+        if options.flood_rounds and options.flood_lines > 0:
+            (result["flood"],) = await measure_flood(
+                [channel], options.flood_lines, options.flood_rounds, options.timeout, progress
             )
     return result
 
