@@ -177,6 +177,9 @@ def create_app(
     metrics = GatewayMetrics(registry)
     registry.observer = metrics
     nb = build(NotebookHttpConfig, settings or {})
+    if nb.seed_uri and not nb.notebook_http:
+        # Kernel Gateway's kernel API would run the notebook on every kernel it starts.
+        raise ValueError("--seed-uri is for --api notebook-http; the kernel API seeds no kernels")
     # A seed notebook that cannot be served is a ValueError here, before serve listens.
     notebook = NotebookHttp(nb, config, registry, metrics.registry) if nb.notebook_http else None
 

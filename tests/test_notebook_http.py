@@ -235,6 +235,8 @@ def test_bad_seed_notebooks_stop_serve(tmp_path: Path, refused_serve) -> None:
     assert result.exit_code != 0 and "more than --max-kernels 2" in result.output
     result = refused_serve(*base, "--seed-uri", good, "--force-kernel-name", "nope")
     assert result.exit_code != 0 and "'nope', which is not installed" in result.output
+    result = refused_serve("--seed-uri", good, "--default-launcher", "local")  # kernel API only
+    assert result.exit_code != 0 and "--seed-uri is for --api notebook-http" in result.output
     isolated = ("--kernel-isolation", "users", "--user-header", "X-User")
     result = refused_serve(*base, "--seed-uri", good, *isolated)
     assert result.exit_code != 0 and "--kernel-isolation users" in result.output
