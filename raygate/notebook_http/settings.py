@@ -45,7 +45,7 @@ class NotebookHttpConfig:
         "What to serve: kernel (the Kernel Gateway kernel API), notebook-http (the seed "
         "notebook's annotated cells as HTTP endpoints), or kernel,notebook-http (both; the "
         "endpoints under --notebook-http-prefix).",
-        Parsed(parse_api, show=KERNEL, metavar="[kernel|notebook-http]"),
+        Parsed(parse_api, show=KERNEL, metavar="API"),
     )
     seed_uri: str = setting(
         "",
