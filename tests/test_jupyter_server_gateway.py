@@ -25,7 +25,8 @@ JUPYTER_TOKEN = "jupyter-token"
 
 class JupyterServer:
     """A notebook server for ``gateway``; ``app``: the module to run (``jupyterlab`` serves
-    JupyterLab too), with ``args`` and ``env`` of its own added."""
+    JupyterLab too), with ``args`` and ``env`` of its own added. ``expect_errors``: patterns
+    of the tracebacks its log may have (checked at stop)."""
 
     def __init__(
         self,
@@ -34,7 +35,9 @@ class JupyterServer:
         app: str = "jupyter_server",
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        expect_errors: tuple[str, ...] = (),
     ) -> None:
+        self.expect_errors = expect_errors
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(root, "jupyter.log")
@@ -81,7 +84,7 @@ class JupyterServer:
             self.proc.kill()
         self.log.close()
         with open(self.log_path, errors="replace") as f:
-            assert_clean_log("jupyter_server", f.read())
+            assert_clean_log("jupyter_server", f.read(), self.expect_errors)
 
 
 @pytest.fixture(scope="module")
