@@ -58,6 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
         "1Ki",
         "--notebook-http-body-timeout",
         "2",
+        "--allow-notebook-download",
     )
     yield server
     server.stop()
@@ -125,6 +126,12 @@ def test_errors_as_kernel_gateway_answers_them(http: httpx.Client) -> None:
     r = http.post("/echo", content=b"\xff\xfe", headers={"Content-Type": "text/plain"})
     assert r.status_code == 400 and "UTF-8" in r.json()["message"]
     assert http.get("/hello").status_code == 200
+
+
+def test_notebook_download(http: httpx.Client) -> None:
+    r = http.get("/_api/source")
+    assert r.status_code == 200 and r.json()["cells"][2]["source"][0] == "# GET /hello\n"
+    assert httpx.get(str(http.base_url) + "/_api/source").status_code == 401  # token
 
 
 def test_swagger_spec(http: httpx.Client) -> None:
@@ -265,6 +272,7 @@ def test_both_apis_culling_and_growing(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
             assert http.get("/notebook/hello").text == "hello world\n"
             assert http.get("/notebook/_api/spec/swagger.json").status_code == 200
+            assert http.get("/notebook/_api/source").status_code == 404  # not allowed here
             assert http.get("/hello").status_code == 404
             (endpoint,) = http.get("/api/kernels").json()  # in the kernel table too
             mine = http.post("/api/kernels", json={"name": "python3"}).json()["id"]

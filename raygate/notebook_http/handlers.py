@@ -33,6 +33,7 @@ from .request import BadRequest, Router, request_code, request_value
 from .settings import NotebookHttpConfig
 
 SWAGGER_PATH = "/_api/spec/swagger.json"
+SOURCE_PATH = "/_api/source"
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 NO_BODY = (204, 304)
 
@@ -205,3 +206,12 @@ def swagger_route(spec: dict[str, Any]) -> Any:
         return JSONResponse(spec)
 
     return swagger
+
+
+def source_route(text: str) -> Any:
+    """``GET /_api/source``: the seed notebook as it was read at startup."""
+
+    async def source(request: Request) -> Response:
+        return Response(text.encode(), 200, media_type="application/x-ipynb+json")
+
+    return source

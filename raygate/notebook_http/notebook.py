@@ -72,6 +72,11 @@ class NotebookApi:
 def read_notebook(uri: str) -> dict[str, Any]:
     """The notebook at ``uri`` (a file path, or an http(s) URL) as a JSON object, with
     every cell's ``source`` one string. Raises :class:`NotebookError`."""
+    return notebook_from_text(fetch_text(uri), uri)
+
+
+def fetch_text(uri: str) -> str:
+    """The text of the file or http(s) URL ``uri``. Raises :class:`NotebookError`."""
     try:
         if uri.startswith(("http://", "https://")):
             import httpx
@@ -83,6 +88,11 @@ def read_notebook(uri: str) -> dict[str, Any]:
             text = Path(uri).read_text(encoding="utf-8")
     except Exception as exc:
         raise NotebookError(f"cannot read the seed notebook {uri}: {exc}") from None
+    return text
+
+
+def notebook_from_text(text: str, uri: str) -> dict[str, Any]:
+    """The notebook ``text`` (read from ``uri``) as :func:`read_notebook` returns it."""
     try:
         notebook = json.loads(text)
     except ValueError as exc:

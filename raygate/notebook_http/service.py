@@ -16,8 +16,8 @@ from raygate.config import GatewayConfig
 from raygate.kernels.registry import KernelRegistry
 from raygate.kernelspecs import NoSuchKernel
 
-from .handlers import SWAGGER_PATH, EndpointRoute, swagger_route
-from .notebook import NotebookApi, NotebookError, parse_api, read_notebook
+from .handlers import SOURCE_PATH, SWAGGER_PATH, EndpointRoute, source_route, swagger_route
+from .notebook import NotebookApi, NotebookError, fetch_text, notebook_from_text, parse_api
 from .pool import EndpointPool
 from .settings import NotebookHttpConfig
 from .stats import NotebookHttpMetrics, pool_status
@@ -36,8 +36,9 @@ class NotebookHttp:
         if not config.seed_uri:
             raise NotebookError("--api notebook-http needs --seed-uri NOTEBOOK")
         self.config = config
+        self.source = fetch_text(config.seed_uri)
         self.api: NotebookApi = parse_api(
-            read_notebook(config.seed_uri), config.seed_uri, config.cell_parser
+            notebook_from_text(self.source, config.seed_uri), config.seed_uri, config.cell_parser
         )
         self.kernel_name = (
             config.force_kernel_name or self.api.kernel_name or gateway.default_kernel_name
@@ -79,6 +80,8 @@ class NotebookHttp:
             Route(SWAGGER_PATH, swagger_route(self.api.spec), methods=["GET"]),
             EndpointRoute(self.api, self.pool, self.config, self.metrics.observe),
         ]
+        if self.config.allow_notebook_download:
+            routes.insert(1, Route(SOURCE_PATH, source_route(self.source), methods=["GET"]))
         prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         return [Mount(prefix, routes=routes)] if prefix else routes
 

@@ -85,6 +85,9 @@ class NotebookHttpConfig:
         "markdown cell holds the swagger document, code cells say '# operationId: ID').",
         Choice(("cell", "swagger")),
     )
+    allow_notebook_download: bool = setting(
+        False, "notebook-http: serve the seed notebook itself at /_api/source."
+    )
     notebook_http_prefix: str = setting(
         "/notebook",
         "Where the endpoints are when both APIs are served (--api kernel,notebook-http).",
