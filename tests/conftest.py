@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
@@ -113,6 +116,9 @@ class ServerProcess:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.1)
+        # No one stops a gateway whose fixture failed: it would run on, for other tests
+        # to meet (seen: a module's Kubernetes gateway, still up 20 minutes later).
+        self.stop(signal.SIGKILL, check=False)
         raise RuntimeError(f"raygate did not come up:\n{self.output()}")
 
     def output(self) -> str:
@@ -266,40 +272,108 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "ray: starts Ray (the session's test cluster, or an embedded Ray); .ci/run runs these "
-        "first, alone, as Ray's own start-up gives up after 30 s on a busy machine",
+        "ray: starts a Ray node of its own (an embedded Ray); .ci/run runs these first, alone, "
+        "as Ray gives up on a node that has not registered within 30 s, which a busy machine "
+        "can exceed",
     )
+    config.addinivalue_line(
+        "markers",
+        "ray_cluster: uses the session's Ray test cluster (set for each test that uses the "
+        "ray_cluster fixture); under pytest-xdist they all run on one worker",
+    )
+
+
+# -- the session's Ray test cluster -------------------------------------------------------
+# Under pytest-xdist the controller starts it, once all workers have collected and before
+# any test runs, so that it starts on a quiet machine (Ray gives up on a node that has not
+# registered within 30 s); the worker that runs the cluster's tests attaches to it.
+
+RAY_CLUSTER_GROUP = "ray-cluster"
+_RAY_CLUSTER_FILE = "raygate_ray_cluster_file"
+"""The key in each xdist worker's ``workerinput`` naming the file (mode 0600: the cluster's
+token is in it) where the controller describes the cluster it started."""
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup``, every test of the session's Ray cluster runs
-    on one worker, so one cluster serves them all (before xdist reads the groups); they are
-    all marked ``ray`` (before ``-m`` selects)."""
+    """Every test of the session's Ray cluster runs on one xdist worker (``--dist
+    loadgroup``; the groups are set before xdist reads them): the tests count the cluster's
+    CPUs and GPUs, which tests running beside them would take."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray-cluster"))
-            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group(RAY_CLUSTER_GROUP))
+            item.add_marker(pytest.mark.ray_cluster)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[object]:
-    """One real two-node Ray cluster (logical GPUs on the second node) for the session (for
-    the worker that runs the Ray tests, under xdist)."""
+def start_ray_cluster() -> Any:
+    """A started ``RayTestCluster``; three tries, as Ray gives up on a node that is not up
+    in 30 s, as on a busy machine."""
     from ray_cluster import RayTestCluster
 
-    cluster = RayTestCluster()
     for attempt in range(3):
+        cluster = RayTestCluster()
         try:
             cluster.start()
-            break
+            return cluster
         except Exception:
-            # Ray gives up on a node that is not up in 30 s, as on a busy machine: again,
-            # from clean.
             cluster.stop()
             if attempt == 2:
                 raise
-            cluster = RayTestCluster()
+    raise AssertionError("unreachable")
+
+
+_controller: dict[str, Any] = {}
+"""(xdist controller) ``file``: where the cluster is described; ``cluster``: it, once started."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) Tell each worker where the cluster will be described."""
+    if "file" not in _controller:
+        folder = tempfile.mkdtemp(prefix="raygate-tests-")
+        _controller["file"] = os.path.join(folder, "ray-cluster.json")
+    node.workerinput[_RAY_CLUSTER_FILE] = _controller["file"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """(xdist controller) Start the cluster when the first worker has collected, if any
+    selected test needs it; xdist schedules the tests only after this returns."""
+    if "cluster" in _controller or not any(i.endswith("@" + RAY_CLUSTER_GROUP) for i in ids):
+        return
+    try:
+        _controller["cluster"] = cluster = start_ray_cluster()
+        described = cluster.describe()
+    except Exception as exc:  # the cluster's tests fail with it; the others run
+        _controller["cluster"] = None
+        described = {"error": f"the Ray test cluster did not start: {exc}"}
+    fd = os.open(_controller["file"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as f:
+        json.dump(described, f)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _controller.get("cluster") is not None:
+        _controller.pop("cluster").stop()
+    if "file" in _controller:
+        shutil.rmtree(os.path.dirname(_controller.pop("file")), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
+    """One real two-node Ray cluster (logical GPUs on the second node) for the session: the
+    one the xdist controller started, else one of this process's own."""
+    from ray_cluster import RayTestCluster
+
+    path = getattr(request.config, "workerinput", {}).get(_RAY_CLUSTER_FILE)
+    if path and os.path.exists(path):
+        with open(path) as f:
+            described = json.load(f)
+        if "error" in described:
+            raise RuntimeError(described["error"])
+        yield RayTestCluster.attach(described)  # the controller stops it
+        return
+    cluster = start_ray_cluster()
     try:
         yield cluster
     finally:

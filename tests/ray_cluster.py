@@ -6,10 +6,12 @@ authentication is on (a fresh token per session), as Ray 2.59+ has it by default
 
 The cluster lives in a child process of the test run (this module run as a script), which
 alone has ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` in its environment; the nodes are its children
-and stop with it, also when the test run dies (its stdin closes). The pytest process never
-gets the token, so a gateway has it only when a test passes ``cluster.env()`` and then has to
-turn token mode on by itself, as it must for a user. The tests' own questions (which actors
-are alive, kill what a test left behind) go to that child as JSON lines.
+and stop with it, also when the process that started it dies (its stdin closes). The pytest
+process never gets the token in its environment, so a gateway has it only when a test passes
+``cluster.env()`` and then has to turn token mode on by itself, as it must for a user. The
+tests' own questions (which actors are alive, kill what a test left behind) go to that child
+as JSON lines over a Unix socket, so that pytest-xdist workers can use a cluster their
+controller started (``describe``/``attach``, see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import IO, Any
 
@@ -36,7 +41,22 @@ class RayTestCluster:
         self.address = ""
         self.gpu_node_id = ""
         self.head_node_id = ""
+        self.socket_path = ""
         self._proc: subprocess.Popen[str] | None = None
+
+    def describe(self) -> dict[str, str]:
+        """What another process needs to use this cluster (``attach``): its token among it,
+        so it goes into a private file, never into an environment."""
+        keys = ("token", "address", "gpu_node_id", "head_node_id", "socket_path")
+        return {key: getattr(self, key) for key in keys}
+
+    @classmethod
+    def attach(cls, described: dict[str, str]) -> RayTestCluster:
+        """A handle on a cluster another process started (and stops)."""
+        cluster = cls()
+        for key, value in described.items():
+            setattr(cluster, key, value)
+        return cluster
 
     def env(self) -> dict[str, str]:
         """What a gateway joining this cluster needs in its environment: only the token
@@ -45,14 +65,23 @@ class RayTestCluster:
 
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self.socket_path = os.path.join(tempfile.mkdtemp(prefix="raygate-ray-"), "questions")
         self._proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
+            [sys.executable, os.path.abspath(__file__), self.socket_path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
-        started = self._ask({"op": "hello"}, timeout)
+        assert self._proc.stdout is not None
+        line = _readline(self._proc.stdout, timeout)
+        if not line:  # it failed (its traceback is on stderr) and is exiting
+            try:
+                code: int | None = self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"the Ray test cluster process did not start (exit code {code})")
+        started = _answer(line)
         self.address = started["address"]
         self.gpu_node_id = started["gpu_node_id"]
         self.head_node_id = started["head_node_id"]
@@ -92,19 +121,28 @@ class RayTestCluster:
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+        shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
 
     def _ask(self, request: dict, timeout: float = 60) -> Any:
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(request) + "\n")
-        proc.stdin.flush()
-        line = _readline(proc.stdout, timeout)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.socket_path)
+            except OSError as exc:
+                raise RuntimeError(f"the Ray test cluster process is gone: {exc}") from None
+            sock.sendall((json.dumps(request) + "\n").encode())
+            with sock.makefile() as answers:
+                line = answers.readline()
         if not line:
-            raise RuntimeError(f"the Ray test cluster process exited ({proc.poll()})")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"the Ray test cluster failed: {answer['error']}")
-        return answer["result"]
+            raise RuntimeError("the Ray test cluster process did not answer")
+        return _answer(line)
+
+
+def _answer(line: str) -> Any:
+    answer = json.loads(line)
+    if "error" in answer:
+        raise RuntimeError(f"the Ray test cluster failed: {answer['error']}")
+    return answer["result"]
 
 
 def _readline(stream: IO[str], timeout: float) -> str:
@@ -119,8 +157,10 @@ def _readline(stream: IO[str], timeout: float) -> str:
 # ---- the cluster process -------------------------------------------------------------
 
 
-def _serve() -> None:
-    """Start the cluster, then answer requests on stdin until it closes."""
+def _serve(socket_path: str) -> None:
+    """Start the cluster, say so on stdout, then answer requests on ``socket_path`` (one
+    per connection, one at a time) until stdin closes."""
+    import threading
     import traceback
 
     import ray
@@ -169,13 +209,11 @@ def _serve() -> None:
                 except ValueError:
                     pass  # gone meanwhile
 
-        for line in sys.stdin:
-            request = json.loads(line)
+        def answer(request: dict) -> dict:
             try:
                 op = request["op"]
-                if op == "hello":
-                    result: Any = started
-                elif op == "actors":
+                result: Any
+                if op == "actors":
                     ns = request["namespace"]
                     result = {n: s for a, n, s in live_actors() if a == ns}
                 elif op == "live":
@@ -184,11 +222,27 @@ def _serve() -> None:
                     result = kill(request["actors"])
                 else:
                     raise ValueError(f"unknown op {op!r}")
-                answer = {"result": result}
+                return {"result": result}
             except Exception:
-                answer = {"error": traceback.format_exc()}
-            out.write(json.dumps(answer) + "\n")
-            out.flush()
+                return {"error": traceback.format_exc()}
+
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(socket_path)
+        listener.listen(16)
+
+        def serve_questions() -> None:
+            while True:
+                conn, _ = listener.accept()
+                with conn, conn.makefile("rw") as stream:
+                    line = stream.readline()
+                    if line:
+                        stream.write(json.dumps(answer(json.loads(line))) + "\n")
+
+        threading.Thread(target=serve_questions, daemon=True).start()
+        out.write(json.dumps({"result": started}) + "\n")
+        out.flush()
+        sys.stdin.read()  # until whoever started the cluster closes it, or dies
+        listener.close()
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -196,4 +250,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.argv[1])

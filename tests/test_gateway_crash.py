@@ -124,7 +124,9 @@ KILL_AFTER = {"ray": 0.0, "ssh": 0.05, "dask": 0.0, "k8s": 0.05, "yarn": 0.05}
 
 @pytest.fixture(
     params=[
-        pytest.param("ray", marks=[pytest.mark.xdist_group("ray-cluster"), pytest.mark.ray]),
+        pytest.param(
+            "ray", marks=[pytest.mark.xdist_group("ray-cluster"), pytest.mark.ray_cluster]
+        ),
         "ssh",
         "dask",
         "k8s",

@@ -347,22 +347,31 @@ async def test_local_kernels_of_two_users_cannot_reach_each_other(
     await attack(server, "python3", [STATIC_TOKEN])
 
 
-async def test_ray_kernels_of_two_users_cannot_reach_each_other(
-    accounts: dict[str, Any],
-    tenant_files: dict[str, str],
-    start_tenant_gateway: Callable[..., ServerProcess],
-    ray_cluster: Any,
-) -> None:
+@pytest.fixture(scope="module")
+def ray_tenant_gateway(
+    accounts: dict[str, Any], tenant_files: dict[str, str], ray_cluster: Any
+) -> Iterator[tuple[ServerProcess, str]]:
+    """One users-mode gateway on the session's Ray cluster and its namespace, for the Ray
+    attacks (each test shuts down the kernels it started)."""
     namespace = f"tenants-{uuid.uuid4().hex[:8]}"
-    server = start_tenant_gateway(
-        gateway_args(
-            tenant_files,
-            "--default-launcher", "ray",
-            "--ray-address", ray_cluster.address,
-            "--ray-namespace", namespace,
-        ),
-        env=ray_cluster.env(),
+    args = gateway_args(
+        tenant_files,
+        "--default-launcher", "ray",
+        "--ray-address", ray_cluster.address,
+        "--ray-namespace", namespace,
     )  # fmt: skip
+    server = ServerProcess(
+        args, env={"RAYGATE_AUTH_TOKEN": STATIC_TOKEN, **ray_cluster.env()}, token=""
+    )
+    server.wait_ready()
+    yield server, namespace
+    server.stop()
+
+
+async def test_ray_kernels_of_two_users_cannot_reach_each_other(
+    ray_tenant_gateway: tuple[ServerProcess, str], ray_cluster: Any
+) -> None:
+    server, namespace = ray_tenant_gateway
     ray = {"ray_address": ray_cluster.address, "ray_namespace": namespace}
     await attack(server, "py-ray", [STATIC_TOKEN, ray_cluster.token], ray)
 
@@ -390,23 +399,11 @@ print(json.dumps(out))
 
 
 async def test_ray_kernel_actor_answers_only_its_gateway(
-    accounts: dict[str, Any],
-    tenant_files: dict[str, str],
-    start_tenant_gateway: Callable[..., ServerProcess],
-    ray_cluster: Any,
+    ray_tenant_gateway: tuple[ServerProcess, str], ray_cluster: Any
 ) -> None:
     """Another Ray driver, with the cluster's token, calls each of a kernel actor's methods
     (with no ticket and with a forged one): every call is refused, and the kernel runs on."""
-    namespace = f"tenants-{uuid.uuid4().hex[:8]}"
-    server = start_tenant_gateway(
-        gateway_args(
-            tenant_files,
-            "--default-launcher", "ray",
-            "--ray-address", ray_cluster.address,
-            "--ray-namespace", namespace,
-        ),
-        env=ray_cluster.env(),
-    )  # fmt: skip
+    server, namespace = ray_tenant_gateway
     c2 = user_client(server, "tok2")
     k2 = c2.start_kernel("py-ray")["id"]
     try:
