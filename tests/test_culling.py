@@ -1,13 +1,15 @@
 """Culling as clients see it: a warning on stderr first, then the kernel is gone.
 
-Each test runs a local-launcher gateway with short timeouts: idle kernels are culled after
-5 s without a message, busy ones after 10 s, with a 3 s warning, checked every 0.5 s.
+The tests run local-launcher gateways with short timeouts: idle kernels are culled after
+5 s without a message, busy ones after 10 s, with a 3 s warning, checked every 0.5 s. Those
+with the same options share one (culling is per kernel, and each test's kernel is culled).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import pytest
 import websockets
@@ -26,6 +28,15 @@ CULLING = (
     "--cull-interval", "0.5",
 )  # fmt: skip
 WARNING_PREFIX = "raygate: this kernel will be shut down in"
+
+
+@pytest.fixture(scope="module")
+def culling_server() -> Iterator[ServerProcess]:
+    """``CULLING`` with ``--cull-connected``, for the tests that use just that."""
+    server = ServerProcess([*CULLING, "--cull-connected"])
+    server.wait_ready()
+    yield server
+    server.stop()
 
 
 def is_cull_warning(msg: dict) -> bool:
@@ -66,8 +77,8 @@ def assert_gone(gw: Gateway, kernel: dict) -> None:
     assert wait_gone([kernel["placement"]["pid"]]) == []
 
 
-async def test_idle_kernel_is_warned_then_culled(start_server) -> None:
-    server: ServerProcess = start_server(*CULLING, "--cull-connected")
+async def test_idle_kernel_is_warned_then_culled(culling_server: ServerProcess) -> None:
+    server = culling_server
     gw = server.client
     kernel = gw.start_kernel()
     ws = await gw.connect(kernel["id"])
@@ -85,7 +96,7 @@ async def test_idle_kernel_is_warned_then_culled(start_server) -> None:
     assert time.monotonic() - warned >= WARNING - 0.5
     await wait_culled(gw, kernel["id"])
     assert_gone(gw, kernel)
-    assert "culled after" in server.output()
+    assert f"kernel {kernel['id']}: culled after" in server.output()
 
 
 async def test_warning_longer_than_the_timeout_is_cut_to_it(start_server) -> None:
@@ -113,8 +124,8 @@ async def test_warning_longer_than_the_timeout_is_cut_to_it(start_server) -> Non
     assert_gone(gw, kernel)
 
 
-async def test_busy_kernel_uses_the_busy_timeout(start_server) -> None:
-    server: ServerProcess = start_server(*CULLING, "--cull-connected")
+async def test_busy_kernel_uses_the_busy_timeout(culling_server: ServerProcess) -> None:
+    server = culling_server
     gw = server.client
     kernel = gw.start_kernel()
     ws = await gw.connect(kernel["id"], binary=True)
@@ -138,8 +149,8 @@ async def test_busy_kernel_uses_the_busy_timeout(start_server) -> None:
     assert replies == []
 
 
-async def test_activity_after_the_warning_keeps_the_kernel(start_server) -> None:
-    server: ServerProcess = start_server(*CULLING, "--cull-connected")
+async def test_activity_after_the_warning_keeps_the_kernel(culling_server: ServerProcess) -> None:
+    server = culling_server
     gw = server.client
     kernel = gw.start_kernel()
     ws = await gw.connect(kernel["id"])
