@@ -253,7 +253,11 @@ def test_restart_clears_state_with_no_dialog(lab: Lab, tmp_path) -> None:
     # The died-and-restarting dialog shows the moment `restarting` arrives, long before this.
     lab.expect(dialog).to_have_count(0)
     assert "autorestarting" not in lab.statuses and "dead" not in lab.statuses
-    assert lab.statuses[:2] == ["restarting", "starting"], lab.statuses
+    # JupyterLab's own `restarting` (a requested restart). raygate's `starting` follows on
+    # the old WebSocket just before the restart's answer, but JupyterLab closes that socket
+    # as soon as the answer arrives (services' KernelConnection.restart, then reconnect), so
+    # whether the page saw it first is a race, as with the kernel's own under jupyter_server.
+    assert lab.statuses[0] == "restarting", lab.statuses
 
 
 @screenshot_on_failure
