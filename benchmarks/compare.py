@@ -58,7 +58,9 @@ from raygate.bench.measure import Target, measure_concurrent, ready_kernel, star
 from raygate.bench.report import METRICS, ZMQ_METRICS, _count_of, _format, ratio
 
 REPO = Path(__file__).resolve().parent.parent
-VENVS = REPO / ".bench-venvs"
+VENVS = Path(os.environ.get("RAYGATE_BENCH_VENVS") or REPO / ".bench-venvs")
+"""Where the peers' virtualenvs are made once and reused; CI keeps them outside its fresh
+clone (``.ci/run``), so each run does not make Kernel Gateway's again."""
 DOCS = REPO / "docs"
 MARK = "RAYGATE_COMPARE_RUN"
 """Environment variable every process this script starts carries (children inherit it), so
