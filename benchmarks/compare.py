@@ -201,7 +201,7 @@ def ensure_venv(venv: Venv, logs: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         have = None
     if have != wanted:
-        print(f"setting up {venv.path.relative_to(REPO)}: {' '.join(wanted['requirements'])}")
+        print(f"setting up {venv.path}: {' '.join(wanted['requirements'])}")
         print("  (the first time this takes a minute or two)")
         log = logs / f"pip-{venv.name}.log"
         if not venv.python.exists():

@@ -99,7 +99,14 @@ class RayKernel(KernelHandle):
         self.launcher.forget_exit(self.kernel_id)
 
     async def kept_output(self, after: Sequence[str]) -> list[list[bytes]] | None:
-        return await self._call("kept_output", list(after), timeout=30.0)
+        import ray
+
+        try:
+            return await self._call("kept_output", list(after), timeout=30.0)
+        except ray.exceptions.RayActorError:
+            # What it kept went with the actor (the kernel was shut down or died while a
+            # restarted gateway recovered it; the monitor reports a death): nothing to replay.
+            return None
 
     async def failure_reason(self) -> str:
         import ray
