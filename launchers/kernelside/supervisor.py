@@ -212,7 +212,9 @@ class KernelSupervisor:
         )
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
-        sock.linger = 1000  # close() returns at once; the message still goes out
+        # close() returns at once and the message still goes out, within the linger: 1 s
+        # lost a message-mode interrupt on a loaded machine (the connect had not finished).
+        sock.linger = 10_000
         ConnectionInfo.from_dict(info).secure(sock)
         try:
             sock.connect(self._url("control"))

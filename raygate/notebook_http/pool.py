@@ -247,14 +247,18 @@ class EndpointPool:
         while not self._closing:
             await asyncio.sleep(min(max(self.idle_stop / 4, 0.1), 5.0))
             now = time.monotonic()
+            # Only the extra ones: the first ``size`` (seeded at start) stay, also when one of
+            # them has been idle longer than an extra that is idle too.
             idle = [
-                s for s in self.slots if s.state == "idle" and now - s.idle_since >= self.idle_stop
+                s
+                for s in self.slots
+                if s.extra and s.state == "idle" and now - s.idle_since >= self.idle_stop
             ]
             if len(self.slots) <= self.size or not idle:
                 continue
-            # The extra ones first; free kernels are taken out of the queue (no await since
-            # the check, so no request takes one meanwhile).
-            slot = next((s for s in idle if s.extra), idle[0])
+            # Free kernels are taken out of the queue (no await since the check, so no
+            # request takes one meanwhile).
+            slot = idle[0]
             queued = [self.free.get_nowait() for _ in range(self.free.qsize())]
             for other in queued:
                 if other is not slot:
