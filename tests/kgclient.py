@@ -77,6 +77,14 @@ class ExecResult:
     reply: dict = field(default_factory=dict)
     messages: list[dict] = field(default_factory=list)
 
+    @property
+    def ename(self) -> str:
+        """The exception's name as the ``execute_reply`` gives it. ipykernel sets it even
+        where IPython failed to format the traceback and so sent no ``error`` message
+        (IPython #13598: now and then, a KeyboardInterrupt that lands where the frame has
+        no line number)."""
+        return self.reply.get("ename", "")
+
 
 class KernelWS:
     """One WebSocket to a kernel's channels."""

@@ -172,6 +172,10 @@ class RemoteKernel(KernelHandle):
                 reply = await self.control("kept_output", timeout=30.0, after=marks)
             except ChannelError:
                 return messages or None  # no keeper (e.g. an older bootstrap)
+            except (ConnectionRefusedError, ConnectionResetError):
+                # What it kept went with its bootstrap (the kernel was shut down or died while
+                # a restarted gateway recovered it; the monitor reports a death).
+                return None
             page = [[base64.b64decode(f) for f in m] for m in reply.get("messages") or []]
             messages += page
             skipped += int(reply.get("skipped") or 0)
