@@ -167,6 +167,14 @@ def test_spread_strategy_puts_kernels_on_different_nodes(gw: Gateway, ray_cluste
     assert nodes == {ray_cluster.head_node_id, ray_cluster.gpu_node_id}
 
 
+def test_pack_strategy_fills_a_node_before_the_next(gw: Gateway, ray_cluster) -> None:
+    """The head has 4 CPUs, the GPU node 2; a kernel that asks for no GPU goes to the GPU
+    node only when no other node has room."""
+    pack = {"KERNEL_SCHEDULING_STRATEGY": "pack", "KERNEL_CPUS": "2"}
+    placed = [gw.start_kernel(env=pack)["placement"]["node_id"] for _ in range(3)]
+    assert placed == [ray_cluster.head_node_id] * 2 + [ray_cluster.gpu_node_id]
+
+
 def test_accelerator_type_no_node_has_fails_fast(gw: Gateway) -> None:
     started = time.monotonic()
     r = gw.post(

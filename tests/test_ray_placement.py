@@ -17,6 +17,7 @@ from raygate.launchers.ray.placement import (
     fits,
     format_resources,
     labels_match,
+    pack_node,
     resource_shape,
     still_waiting,
 )
@@ -100,6 +101,39 @@ def test_node_strategy_is_node_affinity() -> None:
     ]
     assert isinstance(strategy, NodeAffinitySchedulingStrategy)
     assert (strategy.node_id, strategy.soft) == ("c" * 56, True)
+
+
+def test_pack_fills_the_fullest_node_with_room() -> None:
+    other = node("c" * 56, CPU=4.0, memory=8.0 * GiB)
+    nodes = [CPU_NODE, other, GPU_NODE]
+    free = {
+        CPU_NODE["NodeID"]: {"CPU": 3.0, "memory": 8.0 * GiB},
+        other["NodeID"]: {"CPU": 1.0, "memory": 8.0 * GiB},
+        GPU_NODE["NodeID"]: {"CPU": 0.5, "GPU": 2.0, "memory": 32.0 * GiB},
+    }
+    # the CPU node left with the least room; never the GPU node for a kernel without GPUs
+    assert pack_node({"CPU": 1.0}, free, nodes) == other["NodeID"]
+    assert pack_node({"CPU": 2.0}, free, nodes) == CPU_NODE["NodeID"]
+    # ... unless it alone has room
+    assert pack_node({"CPU": 0.5}, free, [GPU_NODE]) == GPU_NODE["NodeID"]
+    assert pack_node({"CPU": 0.5, "GPU": 1.0}, free, nodes) == GPU_NODE["NodeID"]
+    # ties: the least free memory left, then the node id
+    free[other["NodeID"]] = {"CPU": 3.0, "memory": 4.0 * GiB}
+    assert pack_node({"CPU": 1.0}, free, nodes) == other["NodeID"]
+    free[other["NodeID"]] = dict(free[CPU_NODE["NodeID"]])
+    assert pack_node({"CPU": 1.0}, free, nodes) == CPU_NODE["NodeID"]
+
+
+def test_pack_leaves_it_to_ray_when_no_node_has_room_now() -> None:
+    free = {CPU_NODE["NodeID"]: {"CPU": 0.5}, GPU_NODE["NodeID"]: {"CPU": 8.0, "GPU": 0.0}}
+    assert pack_node({"CPU": 1.0, "GPU": 1.0}, free, [CPU_NODE, GPU_NODE]) is None
+    assert pack_node({"CPU": 1.0}, {}, [CPU_NODE, GPU_NODE]) is None  # free not known
+    dead = node("d" * 56, alive=False, CPU=4.0)
+    assert pack_node({"CPU": 1.0}, {dead["NodeID"]: {"CPU": 4.0}}, [dead]) is None
+    # labels the kernel asks for are honoured
+    free = {CPU_NODE["NodeID"]: {"CPU": 1.0}, GPU_NODE["NodeID"]: {"CPU": 8.0}}
+    assert pack_node({"CPU": 1.0}, free, [CPU_NODE, GPU_NODE], {"zone": "b"}) == GPU_NODE["NodeID"]
+    assert pack_node({"CPU": 1.0}, free, [CPU_NODE, GPU_NODE], {"zone": "c"}) is None
 
 
 def test_shape_and_its_words() -> None:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 
 import pytest
 import websockets
 
+from conftest import wait_gone
+from kernelspecs import write_kernelspec
 from kgclient import Gateway, KernelWS, message
 from raygate.bridge.status import UNTRACKED, next_execution_state, shown_to_clients
 from raygate.kernels.kernel import STABLE_START, consecutive_restarts
@@ -159,6 +162,48 @@ async def test_died_kernel_shows_restarting_then_starting_then_dead(start_server
             "message": f"Kernel does not exist: {kernel_id}",
         }
     assert kernel_id not in [k["id"] for k in gateway.get("/api/kernels").json()]
+
+
+HANGS_ON_RESTART = """\
+import os, sys, time
+marker = sys.argv[2]
+if os.path.exists(marker):
+    time.sleep(600)  # a restart: alive, never answering
+open(marker, "w").close()
+os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", sys.argv[1]])
+"""
+
+
+async def test_a_restart_that_hangs_holds_up_no_other_kernel(start_server, tmp_path) -> None:
+    """Each dead kernel is restarted on its own: while one kernel's restart waits for a
+    kernel that never answers, another kernel that dies is restarted all the same."""
+    specs = str(tmp_path / "specs")
+    marker = str(tmp_path / "started")
+    argv = [sys.executable, "-c", HANGS_ON_RESTART, "{connection_file}", marker]
+    write_kernelspec(specs, "hangs-on-restart", argv)
+    server = start_server(
+        "--default-launcher", "local", "--kernelspec-dirs", specs, "--kernel-launch-timeout", "300"
+    )
+    gateway = server.client
+    stuck_id = gateway.start_kernel("hangs-on-restart")["id"]
+    stuck = await gateway.connect(stuck_id)
+    await kill_while_running(gateway, stuck, stuck_id)
+    await until(stuck, "status", "restarting")  # and it waits, up to 300 s, for an answer
+
+    other_id = gateway.start_kernel()["id"]
+    other = await gateway.connect(other_id)
+    await other.execute("state = 1")
+    await kill_while_running(gateway, other, other_id)
+    await until(other, "status", "starting", timeout=60)
+    assert (await other.execute("'state' in globals()")).result == "False"
+    assert gateway.get(f"/api/kernels/{stuck_id}").json()["execution_state"] == "restarting"
+
+    # the one still restarting can be shut down; its hanging process goes with it
+    pid = gateway.get(f"/api/kernels/{stuck_id}").json()["placement"]["pid"]
+    assert gateway.delete(f"/api/kernels/{stuck_id}").status_code == 204
+    assert wait_gone([pid]) == []
+    await stuck.close()
+    await other.close()
 
 
 async def test_interrupt_shows_only_the_cells_statuses(gateway: Gateway) -> None:

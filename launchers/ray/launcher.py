@@ -40,6 +40,7 @@ from .placement import (
     actor_options,
     check_feasible,
     creation_error,
+    pack_node,
     resource_shape,
     still_waiting,
 )
@@ -338,6 +339,18 @@ class RayLauncher(Launcher):
             self._nodes = (nodes, time.monotonic())
             check_feasible(request, options, nodes, cluster.autoscaler_node_types())
 
+    def _pack(self, request: LaunchRequest, options: dict[str, Any]) -> None:
+        """Point a ``pack`` kernel at the fullest node with room for it (softly: should that
+        node fill up meanwhile, Ray places it elsewhere). Off the event loop."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        free = cluster.available_per_node()
+        node = pack_node(
+            resource_shape(options), free, self._nodes[0], request.resources.node_labels
+        )
+        if node is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+
     def _meta(self, request: LaunchRequest) -> dict[str, Any]:
         return {
             **request.to_record(),
@@ -365,6 +378,8 @@ class RayLauncher(Launcher):
         except (TypeError, ValueError) as exc:
             raise KernelStartError(f"bad Ray options: {exc}", status=400) from None
         await asyncio.to_thread(self._check_feasible, request, options)
+        if request.resources.strategy == "pack":
+            await asyncio.to_thread(self._pack, request, options)
         import ray
 
         try:

@@ -71,6 +71,44 @@ def resource_shape(options: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in shape.items() if v}
 
 
+def pack_node(
+    shape: Mapping[str, float],
+    free: Mapping[str, Mapping[str, float]],
+    nodes: Sequence[Node],
+    labels: Mapping[str, str] | None = None,
+) -> str | None:
+    """For ``KERNEL_SCHEDULING_STRATEGY=pack``: the node to ask for (softly), so that
+    kernels fill one node before the next. Ray has no such policy for actors: its default
+    spreads once a node is half used.
+
+    Of the live nodes with room for the kernel now (``free``:
+    :func:`.cluster.available_per_node`; ``labels``: the kernel's node labels), the one left
+    with the least free CPU once it is placed, then the least free memory. A kernel that
+    asks for no GPU goes to a node with GPUs only when no other has room, as Ray's own
+    scheduler does, so that GPU kernels find their nodes free. None when no node has room
+    now: the kernel then waits wherever Ray finds room first.
+    """
+    wants_gpu = shape.get("GPU", 0) > 0
+    best: tuple[bool, float, float, str] | None = None
+    for node in nodes:
+        node_id = node["NodeID"]
+        room = free.get(node_id)
+        if not node.get("Alive") or room is None or not fits(shape, room):
+            continue
+        if labels and labels_match(labels, node.get("Labels") or {}) is not True:
+            continue
+        has_gpus = (node.get("Resources") or {}).get("GPU", 0) > 0
+        key = (
+            has_gpus and not wants_gpu,
+            room.get("CPU", 0) - shape.get("CPU", 0),
+            room.get("memory", 0) - shape.get("memory", 0),
+            node_id,
+        )
+        if best is None or key < best:
+            best = key
+    return best[-1] if best else None
+
+
 def format_resources(resources: Mapping[str, float]) -> str:
     """``2 CPU, 1 GPU, 1.0 GiB memory``: what a message says a kernel asks or a node has
     (node ids and the object store left out)."""

@@ -48,6 +48,8 @@ LOOKUP_DISCOVERY_INTERVAL = 0.5
 NO_FDS = "the gateway ran out of file descriptors"
 PORT_TAKEN = "Address already in use"
 PORT_ATTEMPTS = 3
+SLOW_LIVENESS_CHECK = 10.0
+"""Seconds after which a launcher's liveness check is logged as slow."""
 
 
 class _Ids(Collection[str]):
@@ -133,6 +135,9 @@ class KernelRegistry:
         self._gone: dict[str, None] = {}
         """Ids of kernels this gateway shut down, newest last (not to be adopted again)."""
         self._probes: set[asyncio.Task] = set()
+        self._deaths: dict[str, asyncio.Task] = {}
+        """Kernels found dead, each handled (restarted or dropped) by a task of its own, so
+        that a restart that takes its time holds up no other kernel's."""
         self.observer = RegistryObserver()
         self.pool = WarmPool(self, config.prewarm)
         """Ready kernels for --prewarm; not in ``kernels`` until handed out."""
@@ -154,7 +159,7 @@ class KernelRegistry:
             self._monitor.cancel()
         await self.pool.close()
         await asyncio.gather(*self._stopping, return_exceptions=True)
-        for task in list(self._probes):
+        for task in [*self._probes, *self._deaths.values()]:
             task.cancel()
         kept = [k for k in self.kernels.values() if k.launcher.kernels_outlive_gateway]
         for kernel in kept:
@@ -528,13 +533,33 @@ class KernelRegistry:
             if not kernel.busy_with:
                 by_launcher.setdefault(kernel.launcher.kind, []).append(kernel)
         for kind, kernels in by_launcher.items():
+            asked = time.monotonic()
             alive = await self.launchers[kind].check_alive([k.handle for k in kernels])
+            if time.monotonic() - asked > SLOW_LIVENESS_CHECK:
+                log.warning(
+                    "%s: checking %d kernels' liveness took %.1fs (deaths are noticed late)",
+                    kind,
+                    len(kernels),
+                    time.monotonic() - asked,
+                )
             for kernel in kernels:
-                if not alive.get(kernel.id, True) and not kernel.busy_with:
-                    await self._on_died(kernel)
+                if alive.get(kernel.id, True) or kernel.busy_with or kernel.id in self._deaths:
+                    continue
+                task = asyncio.create_task(self._on_died(kernel), name=f"died-{kernel.id}")
+                self._deaths[kernel.id] = task
+                task.add_done_callback(functools.partial(self._death_handled, kernel.id))
+
+    def _death_handled(self, kernel_id: str, _: asyncio.Task) -> None:
+        self._deaths.pop(kernel_id, None)
 
     @kernel_scoped
     async def _on_died(self, kernel: Kernel) -> None:
+        try:
+            await self._restart_or_drop(kernel)
+        except Exception:
+            log.exception("kernel %s: handling its death failed", kernel.id)
+
+    async def _restart_or_drop(self, kernel: Kernel) -> None:
         reason = await kernel.handle.failure_reason() or "the kernel process exited"
         log.warning("kernel %s died: %s", kernel.id, reason)
         # What a notebook shows under the cell that ran (e.g. a kernel stopped for its
