@@ -135,7 +135,9 @@ def take_over(info):
         msg_id = kc.execute("print(SECRET)")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+            # never below 0: zmq takes a negative poll timeout as "wait forever" (a CI run
+            # hung here once, the deadline passing between the check and the call)
+            msg = kc.get_iopub_msg(timeout=max(0.05, deadline - time.monotonic()))
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 return "took over, read " + msg["content"]["text"].strip()
         raise TimeoutError("no answer")
