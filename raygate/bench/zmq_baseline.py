@@ -61,18 +61,28 @@ class ZmqChannel:
         return await self._until(msg_id)
 
     async def _until(self, msg_id: str) -> Outcome:
-        """Read the reply to ``msg_id`` on shell, then its iopub until idle."""
+        """Read the reply to ``msg_id`` on shell and, meanwhile, its iopub until idle: as a
+        client must, for iopub left unread until the reply (which comes last) overflows
+        the subscription's high-water mark, and ZMQ drops what is over it (a flood of
+        20,000 prints lost its idle that way)."""
         out = Outcome()
-        while True:
-            reply = await self.kc.get_shell_msg()
-            if reply["parent_header"].get("msg_id") == msg_id:
-                out.reply = reply["content"]
-                out.status = reply["content"].get("status", "")
-                break
-        while True:
-            msg = await self.kc.get_iopub_msg()
-            if msg["parent_header"].get("msg_id") == msg_id and out.take_output(msg):
-                return out
+
+        async def reply() -> None:
+            while True:
+                msg = await self.kc.get_shell_msg()
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    out.reply = msg["content"]
+                    out.status = msg["content"].get("status", "")
+                    return
+
+        async def outputs() -> None:
+            while True:
+                msg = await self.kc.get_iopub_msg()
+                if msg["parent_header"].get("msg_id") == msg_id and out.take_output(msg):
+                    return
+
+        await asyncio.gather(reply(), outputs())
+        return out
 
 
 @asynccontextmanager
