@@ -215,6 +215,14 @@ def test_still_waiting_words() -> None:
     assert "; 3 kernel starts were waiting for that, this one included; its actor" in (
         still_waiting("PENDING_CREATION", options, None, 9, waiting=3)
     )
+    # room on a node, but no actor yet: the wait was for a worker process, not capacity
+    message = still_waiting("PENDING_CREATION", options, {"b" * 56: {"CPU": 4.0, "GPU": 1.0}}, 9, 5)
+    assert message.startswith(
+        "gave up after waiting 9s for Ray to start the kernel's worker process: the kernel "
+        "asks for 1 CPU, 1 GPU, which the cluster has free (free now: node bbbbbbbb: 4 CPU, "
+        "1 GPU), but a node starts only a few worker processes at a time; 5 kernel starts "
+        "were waiting for a worker, this one included; its actor was removed."
+    ), message
     assert still_waiting("ALIVE", options, {}, 9) == (
         "the kernel's actor did not start within 9s (state ALIVE); removed"
     )

@@ -209,6 +209,19 @@ def still_waiting(
         others = ""
         if waiting > 1:
             others = f"; {waiting} kernel starts were waiting for that, this one included"
+        shape = resource_shape(options)
+        if free and any(fits(shape, r) for r in free.values()):
+            # Room, yet no actor: its worker process had not started. A node starts only
+            # a few at a time (Ray's maximum_startup_concurrency: its CPU count), each
+            # seconds of CPU, so a burst larger than that waits in line.
+            return (
+                f"gave up after waiting {waited:g}s for Ray to start the kernel's worker "
+                f"process: the kernel asks for {format_resources(shape)}, which the cluster "
+                f"has free (free now: {have}), but a node starts only a few worker processes "
+                "at a time" + others.replace("for that", "for a worker") + "; its actor was "
+                "removed. Fewer kernels at once, --ray-warm-workers or a warm pool "
+                "(--prewarm, --prewarm-max) start bursts sooner"
+            )
         return (
             f"gave up after waiting {waited:g}s for capacity: the kernel asks for "
             f"{format_resources(resource_shape(options))} and no node has that free"
