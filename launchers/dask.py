@@ -28,9 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from distributed import Client, fire_and_forget
-from distributed.utils import get_ip
-
 from raygate.settings import setting
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
@@ -46,6 +43,8 @@ from .remote import (
 from .wire import new_secret
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.dask")
@@ -123,6 +122,7 @@ class DaskLauncher(RemoteLauncher):
 
     kind = "dask"
     settings = DaskSettings
+    requires = ("distributed",)  # imported on first use: it is slow to import
 
     def __init__(
         self,
@@ -152,6 +152,8 @@ class DaskLauncher(RemoteLauncher):
         client = self._clients.get(address)
         if client is not None and client.status == "running":
             return client
+        from distributed import Client
+
         try:
             client = await Client(address, asynchronous=True, set_as_default=False, timeout=10)
         except (TimeoutError, OSError) as exc:
@@ -221,6 +223,9 @@ class DaskLauncher(RemoteLauncher):
                     f"{self._describe_workers(workers)})",
                     status=400,
                 )
+        from distributed import fire_and_forget
+        from distributed.utils import get_ip
+
         secret = new_secret()
         report_host = self.report_address or get_ip(_worker_host(address))
         placement = {"launcher": self.kind, "scheduler": address, "resources": resources}

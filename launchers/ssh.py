@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
-
 from raygate.settings import Choice, Integer, Items, setting
 
 from .base import KernelHandle, KernelStartError, LaunchRequest
@@ -45,6 +43,8 @@ from .remote import (
 from .wire import new_secret
 
 if TYPE_CHECKING:
+    import asyncssh
+
     from raygate.config import GatewayConfig
 
 log = logging.getLogger("raygate.launchers.ssh")
@@ -103,38 +103,6 @@ class _HostUnavailable(Exception):
     pass
 
 
-def _known_host_entry(host: str, port: int, key: asyncssh.SSHKey) -> str:
-    name = host if port == 22 else f"[{host}]:{port}"
-    algorithm, data = key.export_public_key("openssh").decode().split()[:2]
-    return f"{name} {algorithm} {data}\n"
-
-
-class _AcceptNewClient(asyncssh.SSHClient):
-    """Trusts the key of a host the known_hosts file has never heard of, and records it.
-
-    Called by asyncssh only for keys that known_hosts does not already trust; a host that
-    has an entry with another key is refused (its key changed).
-    """
-
-    def __init__(self, known_hosts: str) -> None:
-        self.known_hosts = known_hosts
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        try:
-            keys = asyncssh.match_known_hosts(self.known_hosts, host, addr, port)[0]
-        except (OSError, ValueError):
-            keys = []
-        if keys:
-            log.error("host key of %s:%d does not match %s; refusing", host, port, self.known_hosts)
-            return False
-        with open(self.known_hosts, "a") as f:
-            f.write(_known_host_entry(host, port, key))
-        log.warning("accepted the new host key of %s:%d into %s", host, port, self.known_hosts)
-        return True
-
-
 @dataclass
 class SSHSettings(RemoteSettings):
     ssh_hosts: list[str] = setting(
@@ -171,6 +139,7 @@ class SSHLauncher(RemoteLauncher):
 
     kind = "ssh"
     settings = SSHSettings
+    requires = ("asyncssh",)  # imported on first use: a gateway without SSH hosts never does
 
     def __init__(
         self,
@@ -306,10 +275,14 @@ class SSHLauncher(RemoteLauncher):
             if not os.path.exists(self.known_hosts):
                 os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
                 os.close(os.open(self.known_hosts, os.O_CREAT | os.O_WRONLY, 0o600))
-            options["client_factory"] = lambda: _AcceptNewClient(self.known_hosts)
+            from .ssh_trust import AcceptNewHostKeys
+
+            options["client_factory"] = lambda: AcceptNewHostKeys(self.known_hosts)
         return options
 
     async def _connect(self, host: SSHHost, user: str) -> asyncssh.SSHClientConnection:
+        import asyncssh
+
         try:
             return await asyncssh.connect(host.host, host.port, **self._connect_options(user))
         except (TimeoutError, OSError, asyncssh.Error) as exc:
@@ -373,6 +346,8 @@ class SSHLauncher(RemoteLauncher):
         host_text = kernel.placement.get("ssh_host")
         if not pid or not host_text:
             return
+        import asyncssh
+
         host = SSHHost.parse(host_text, self.port)
         try:
             conn = await self._connect(host, kernel.placement.get("user") or self.user)

@@ -162,3 +162,17 @@ def test_kernel_processes_are_own_session(start_server) -> None:
     server.client.start_kernel()
     (pid,) = server.kernel_pids()[:1]
     assert os.getsid(pid) == pid
+
+
+def test_a_local_gateway_does_not_import_what_other_launchers_need(start_server) -> None:
+    """Every test and every operator's restart pays a gateway's start: the libraries of the
+    launchers it does not use (distributed, asyncssh) and IPython (which jupyter_client
+    imports only to find ``~/.ipython/kernels``) stay unimported until used."""
+    server: ServerProcess = start_server(
+        "--default-launcher", "local", env={"PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    assert server.client.get("/api/kernelspecs").json()["default"] == "python3"
+    started = server.output().split("raygate ready", 1)[0]
+    imported = set(re.findall(r"^import time:.*\|\s+([\w.]+)$", started, re.MULTILINE))
+    assert "raygate.app" in imported  # the log is the import profile asked for
+    assert not imported & {"distributed", "asyncssh", "IPython", "ray"}
