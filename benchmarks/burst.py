@@ -63,17 +63,6 @@ def write_spec(root: str, name: str, launcher: str, cpus: float) -> None:
         json.dump(spec, f)
 
 
-def left_out(modules: list[str]) -> str:
-    """A directory whose packages of these names fail to import, to put first on the Ray
-    nodes' PYTHONPATH: the Ray processes (and their kernels) run as if not installed."""
-    root = tempfile.mkdtemp(prefix="raygate-burst-without-")
-    for name in modules:
-        os.makedirs(os.path.join(root, name))
-        with open(os.path.join(root, name, "__init__.py"), "w") as f:
-            f.write(f"raise ImportError('{name} left out by benchmarks/burst.py --without')\n")
-    return root
-
-
 def pss(pid: int | None) -> float | None:
     """A process's proportional set size in MiB (its share of pages it shares)."""
     try:
@@ -191,17 +180,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
-    cluster = RayTestCluster()
-    saved = os.environ.get("PYTHONPATH")
-    if args.without:
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [left_out(args.without.split(","))] + ([saved] if saved else [])
-        )
+    cluster = RayTestCluster(without=[m for m in args.without.split(",") if m])
     cluster.start()
-    if saved is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = saved
     specs = tempfile.mkdtemp(prefix="raygate-burst-specs-")
     write_spec(specs, "python3", "ray", args.kernel_cpus)
     local_specs = tempfile.mkdtemp(prefix="raygate-burst-local-")

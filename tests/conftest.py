@@ -53,6 +53,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_logs_per_port: dict[int, int] = {}
+"""How many gateways of this test process have listened on each port."""
+
+
 class ServerProcess:
     """A ``raygate serve`` started for a test, with its output kept for failures and checked
     for tracebacks when it stops (``expect_errors``: patterns of those the test provokes)."""
@@ -81,7 +85,11 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "raygate", "serve", "--port", str(self.port), *self.args]
         if self.token:
             cmd += ["--auth-token", self.token]
-        self.log_path = f"/tmp/raygate-test-{self.port}.log"
+        # A gateway restarted on its predecessor's port keeps that one's log: a flake seen
+        # after a restart is explained by what happened before it.
+        _logs_per_port[self.port] = serial = _logs_per_port.get(self.port, 0) + 1
+        suffix = f".{serial}" if serial > 1 else ""
+        self.log_path = f"/tmp/raygate-test-{self.port}{suffix}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             cmd,

@@ -12,6 +12,11 @@ process never gets the token in its environment, so a gateway has it only when a
 tests' own questions (which actors are alive, kill what a test left behind) go to that child
 as JSON lines over a Unix socket, so that pytest-xdist workers can use a cluster their
 controller started (``describe``/``attach``, see tests/conftest.py).
+
+The nodes' Python lacks ``rfc3987_syntax`` (:data:`NODE_LEAVES_OUT`), as a Ray node's does
+where jupyter_server is not installed (Ray's images): jsonschema, which ``import ray``
+imports, compiles its grammars at import when it is there, 3.5 s of CPU of every Ray
+worker's start on this machine (docs/benchmarks.md), a third of the suite's Ray time.
 """
 
 from __future__ import annotations
@@ -25,24 +30,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import IO, Any
 
 HEAD_CPUS = 4
 GPU_NODE_CPUS = 2
 GPU_NODE_GPUS = 2
 GPU_NODE_LABELS = {"raygate-test": "gpu"}
+NODE_LEAVES_OUT = ("rfc3987_syntax",)
+
+
+def left_out(modules: Sequence[str]) -> str:
+    """A directory whose packages of these names fail to import, to put first on the Ray
+    nodes' PYTHONPATH: the Ray processes (and their kernels) run as if not installed."""
+    root = tempfile.mkdtemp(prefix="raygate-ray-without-")
+    for name in modules:
+        os.makedirs(os.path.join(root, name))
+        with open(os.path.join(root, name, "__init__.py"), "w") as f:
+            f.write(f"raise ImportError('{name} is left out of the Ray test cluster')\n")
+    return root
 
 
 class RayTestCluster:
     """The tests' handle on the cluster process. Made by the ``ray_cluster`` fixture."""
 
-    def __init__(self) -> None:
+    def __init__(self, without: Sequence[str] = NODE_LEAVES_OUT) -> None:
+        """``without``: modules the nodes' Python cannot import."""
+        self.without = tuple(without)
         self.token = secrets.token_hex(16)
         self.address = ""
         self.gpu_node_id = ""
         self.head_node_id = ""
         self.socket_path = ""
         self._proc: subprocess.Popen[str] | None = None
+        self._left_out = ""
 
     def describe(self) -> dict[str, str]:
         """What another process needs to use this cluster (``attach``): its token among it,
@@ -66,6 +87,10 @@ class RayTestCluster:
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="raygate-ray-"), "questions")
+        if self.without:
+            blocked = left_out(self.without)
+            self._left_out = blocked
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [blocked, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), self.socket_path],
             stdin=subprocess.PIPE,
@@ -122,6 +147,8 @@ class RayTestCluster:
         if proc.stdout is not None:
             proc.stdout.close()
         shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
+        if self._left_out:
+            shutil.rmtree(self._left_out, ignore_errors=True)
 
     def _ask(self, request: dict, timeout: float = 60) -> Any:
         with socket.socket(socket.AF_UNIX) as sock:
