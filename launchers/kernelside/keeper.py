@@ -66,9 +66,12 @@ class OutputKeeper:
             self._target = (url, _key(curve_serverkey))
 
     def close(self) -> None:
+        """Stop the keeper; its thread ends its ZMQ context as it exits. Destroying the
+        context here, while the thread may still use its socket, could hang for good."""
         self._stop.set()
         self._thread.join(2.0)
-        self._context.destroy(linger=0)
+        if self._thread.is_alive():
+            log.warning("output keeper still stopping after 2 s; left to end by itself")
 
     # -- reading ---------------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class OutputKeeper:
         finally:
             if sock is not None:
                 sock.close(linger=0)
+            self._context.term()
 
 
 def _key(key: str | bytes | None) -> bytes | None:

@@ -456,13 +456,15 @@ class KernelChannels:
         timeout: float,
         message: Message | None = None,
     ) -> Message:
-        """Send raygate's own request and wait for its reply (not shown to clients)."""
+        """Send raygate's own request and wait for its reply (not shown to clients); the
+        timeout bounds the send too, which waits while ZMQ cannot take the message."""
         message = message or new_message(channel, msg_type, content, self.session)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._internal[message.msg_id] = future
         try:
-            await self.send(message)
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                await self.send(message)
+                return await future
         finally:
             self._internal.pop(message.msg_id, None)
 

@@ -365,6 +365,7 @@ class KernelRegistry:
             await handle.shutdown()
             raise
         except Exception as exc:
+            log.warning("kernel %s: not ready: %s; stopping it", request.kernel_id, exc)
             # A kernel still running when time ran out was slow (504); one that died failed.
             status = 504 if await handle.is_alive() else 500
             reason = await handle.failure_reason()
