@@ -151,7 +151,14 @@ class KernelWS:
         got_reply = got_idle = False
         deadline = time.monotonic() + timeout
         while not (got_reply and got_idle):
-            m = await self.recv(max(0.1, deadline - time.monotonic()))
+            try:
+                m = await self.recv(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                # What the cell printed so far says where it hung.
+                raise TimeoutError(
+                    f"no answer within {timeout:g}s; output so far: "
+                    f"stdout {out.stdout[-2000:]!r}, stderr {out.stderr[-2000:]!r}"
+                ) from None
             if m["parent_header"].get("msg_id") != msg_id:
                 continue
             out.messages.append(m)

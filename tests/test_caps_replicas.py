@@ -128,7 +128,9 @@ def test_concurrent_starts_on_two_replicas_start_exactly_the_cap(
     results = asyncio.run(start_split(both, user, 2 * allowed, env))
     started = [(server, r.json()) for server, r in results if r.status_code == 201]
     refused = [r for _, r in results if r.status_code != 201]
-    assert len(started) == allowed, [r.text for _, r in results]
+    # every answer in full when it fails (pytest cuts a long assertion message short)
+    answers = "\n".join(f"{s.url}: {r.status_code} {r.text}" for s, r in results)
+    assert len(started) == allowed, answers
     for r in refused:
         assert_refused(r, *words, f"'{user}'")
     # a replica serves only what it started (no discovery here): the starts really split

@@ -118,6 +118,7 @@ RESULTS = {}
 
 
 def attempt(name, fn):
+    print("attempting:", name, flush=True)  # a hang shows where (kgclient's TimeoutError)
     try:
         RESULTS[name] = {"succeeded": True, "detail": str(fn())[:400]}
     except Exception as exc:

@@ -223,7 +223,21 @@ class SharedReservations(Reservations):
                 )
                 ledger = ledger.pruned(live)
             held = ledger.usage(self.running(username))
-            check_user_limits(claim.user_caps(self.config), username, held, claim.resources)
+            try:
+                check_user_limits(claim.user_caps(self.config), username, held, claim.resources)
+            except APIError:
+                # What was counted, for the operator asked why a user was refused.
+                log.info(
+                    "per-user caps: user %r refused kernel %s; the ledger holds %s",
+                    username,
+                    claim.kernel_id,
+                    ", ".join(
+                        f"{kid} ({'starting' if e.starting else 'running'} on {e.replica})"
+                        for kid, e in sorted(ledger.entries.items())
+                    )
+                    or "nothing",
+                )
+                raise
             return ledger.holding(claim.kernel_id, entry)
 
         # In flight from before the write: a concurrent start of this replica that reads
