@@ -93,6 +93,35 @@ def test_versioned_keys() -> None:
     assert not write_won([*keys, version_key(prefix, 2)], prefix, 2)
 
 
+def test_a_write_others_built_on_before_its_writer_looked_counts() -> None:
+    """Replica R put version 2; before R listed the keys, replica S read version 2 (R's
+    entry in it) and put version 3. R's write counts: had R undone it and tried again, its
+    entry would stay in version 3 and R would refuse its own start as over the cap (CI run
+    14: four starts over two replicas, cap 2, one started)."""
+    prefix = "ns/alice/"
+    keys = [version_key(prefix, v) for v in (1, 2, 3)]
+    assert write_won(keys, prefix, 2)
+    assert write_won(keys, prefix, 3)
+    # a version rewritten long after its deletion is still no win, gap or not
+    rewritten = [version_key(prefix, v) for v in (5, *range(12, 21))]
+    assert not write_won(rewritten, prefix, 5)
+    contiguous = [version_key(prefix, v) for v in range(5, 16)]
+    assert not write_won(contiguous, prefix, 5, keep=8)
+    assert not write_won(keys, prefix, 4)  # not there at all
+
+
+async def test_a_claim_already_in_the_ledger_does_not_refuse_itself() -> None:
+    """Its change reached the newest version though its writer took the write as lost: the
+    retry sees the claim's own entry and must not count it against the cap."""
+    store = Store()
+    a = replica(store, "a", max_kernels_per_user=2)
+    await a.reserve(Claim("k1", "alice", ResourceRequest()))
+    await a.reserve(Claim("k2", "alice", ResourceRequest()))  # the claim, already written
+    await a.reserve(Claim("k2", "alice", ResourceRequest()))  # and its retry
+    with pytest.raises(APIError, match="holds 2 kernels"):
+        await a.reserve(Claim("k3", "alice", ResourceRequest()))
+
+
 # -- two replicas over one store -------------------------------------------------------------
 
 

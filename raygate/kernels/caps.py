@@ -222,7 +222,9 @@ class SharedReservations(Reservations):
                     ", ".join(sorted(stale)),
                 )
                 ledger = ledger.pruned(live)
-            held = ledger.usage(self.running(username))
+            # Without this claim's own entry: a write judged lost may have counted after all
+            # (its change is in the newest version), and a claim must not refuse itself.
+            held = ledger.without(claim.kernel_id).usage(self.running(username))
             try:
                 check_user_limits(claim.user_caps(self.config), username, held, claim.resources)
             except APIError:

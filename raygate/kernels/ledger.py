@@ -163,8 +163,16 @@ def obsolete_keys(keys: Collection[str], prefix: str, keep: int = KEEP_VERSIONS)
     return [version_key(prefix, v) for v in found if v < found[-1] - keep]
 
 
-def write_won(keys: Collection[str], prefix: str, written: int) -> bool:
-    """Whether the version a writer just put (if absent) is the newest: False when it was
-    written over a version deleted long ago (newer ones exist), so the write must be
-    undone and the change made again on the newest."""
-    return latest_version(keys, prefix) == written
+def write_won(keys: Collection[str], prefix: str, written: int, keep: int = KEEP_VERSIONS) -> bool:
+    """Whether the version a writer just put (if absent) counts, from a listing made right
+    after the put. It does when it is the newest, or when the versions above it follow it
+    without a gap: other replicas read it and built on it in the meantime (undoing it then
+    would leave its change in their versions without its writer knowing). It does not
+    when it was written over a version deleted long ago: the newer ones then lie more than
+    ``keep`` above it, past versions already deleted; the write must be undone and the
+    change made again on the newest."""
+    found = versions(keys, prefix)
+    if not found or written not in found:
+        return False
+    above = [v for v in found if v > written]
+    return not above or (above == list(range(written + 1, found[-1] + 1)) and len(above) <= keep)
