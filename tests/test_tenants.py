@@ -132,6 +132,11 @@ def take_over(info):
     kc = BlockingKernelClient()
     kc.load_connection_info(info)
     kc.start_channels(hb=False)
+    # A Curve kernel drops a client without its keys; once ZMQ has dropped it, a send
+    # blocks for good (no peer left). Bounded, the attempt fails instead of hanging (CI
+    # runs 14 and 18: "shell without key" hung the attack's cell for 300 s).
+    kc.shell_channel.socket.setsockopt(zmq.SNDTIMEO, 2000)
+    kc.shell_channel.socket.setsockopt(zmq.LINGER, 0)
     try:
         msg_id = kc.execute("print(SECRET)")
         deadline = time.monotonic() + 10
