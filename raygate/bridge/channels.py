@@ -33,6 +33,9 @@ _ROUTED_CHANNELS = ("shell", "control", "stdin")
 _CHANNELS = (*_ROUTED_CHANNELS, "iopub")
 _MAX_PENDING = 10_000
 _READ_BATCH = 32
+NUDGE_AFTER = 1.0
+"""Seconds an idle kernel may show nothing for a client's shell request before it is
+nudged (:meth:`KernelChannels._nudge`)."""
 _RECOVERY_TRIES = 20
 _RECOVERY_PAUSE = 0.25
 
@@ -87,6 +90,9 @@ class KernelChannels:
         """msg_ids of readiness probes: only iopub traffic *they* caused proves that our
         subscription reaches the kernel that answers (not output of a kernel just replaced)."""
         self._notices: set[asyncio.Future] = set()
+        self._unanswered: dict[str, asyncio.TimerHandle] = {}
+        """Clients' shell requests the kernel has not yet shown a sign of reading (see
+        :meth:`_nudge`), each with its pending nudge."""
         self._last_execute: dict[str, Any] | None = None
         """Header of the last execute_request a client sent: raygate's notices about the
         kernel's death answer it, so they show in the cell that was running."""
@@ -133,6 +139,9 @@ class KernelChannels:
             sock.close(linger=0)
         self._sockets.clear()
         self._iopub_seen.clear()
+        for nudge in self._unanswered.values():
+            nudge.cancel()
+        self._unanswered.clear()
         for future in self._internal.values():
             if not future.done():
                 future.cancel()
@@ -205,6 +214,10 @@ class KernelChannels:
     async def _deliver(self, message: Message) -> None:
         self.last_activity = datetime.now(UTC)
         if message.channel == "iopub":
+            if self._unanswered:
+                nudge = self._unanswered.pop(message.parent_msg_id(), None)
+                if nudge is not None:
+                    nudge.cancel()
             if self._probes and message.parent_msg_id() in self._probes:
                 self._iopub_seen.set()
             if self.iopub_watchers:
@@ -447,6 +460,35 @@ class KernelChannels:
         self.bytes_in[message.channel] += sum(map(len, frames))
         async with self._send_locks[message.channel]:
             await sock.send_multipart(frames, copy=False)
+        if client is not None and message.channel == "shell":
+            self._expect_answer(message.msg_id)
+
+    def _expect_answer(self, msg_id: str) -> None:
+        while len(self._unanswered) >= _MAX_PENDING:
+            self._unanswered.pop(next(iter(self._unanswered))).cancel()
+        loop = asyncio.get_running_loop()
+        self._unanswered[msg_id] = loop.call_later(NUDGE_AFTER, self._nudge, msg_id)
+
+    def _nudge(self, msg_id: str) -> None:
+        """ipykernel 7 can leave a shell request unread in its socket (its reply to an
+        earlier request, sent from another thread, consumed the socket's wake-up:
+        ipython/ipykernel#1554) until another message arrives. An idle kernel that has
+        shown nothing for a client's request a second after it was sent gets raygate's
+        own kernel_info_request, whose arrival wakes the socket; its answer is ours."""
+        if self._unanswered.pop(msg_id, None) is None or self.execution_state != "idle":
+            return  # answered meanwhile, or busy: the request waits its turn
+        if "shell" not in self._sockets:
+            return
+        log.info("kernel %s: nudged, as it showed nothing for request %s", self.kernel_id, msg_id)
+        task = asyncio.ensure_future(self._probe_quietly())
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _probe_quietly(self) -> None:
+        try:
+            await self.request("shell", "kernel_info_request", {}, timeout=NUDGE_AFTER * 5)
+        except Exception:
+            pass  # only a nudge: a kernel that does not answer is the monitor's to find
 
     async def request(
         self,
