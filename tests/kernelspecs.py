@@ -73,4 +73,38 @@ def make_test_kernelspecs(root: str) -> str:
                 "{connection_file}",
             ],
         )
+    # ipykernel 7 can leave a shell request unread until another message arrives on the
+    # shell socket (ipython/ipykernel#1554: a reply sent from another thread consumed the
+    # socket's wake-up). This ipykernel does so, every time, with its first execute_request.
+    write_kernelspec(
+        root,
+        "unread-shell",
+        [sys.executable, "-c", UNREAD_SHELL_KERNEL, "-f", "{connection_file}"],
+    )
     return root
+
+
+UNREAD_SHELL_KERNEL = """
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp
+
+
+class UnreadShellKernel(IPythonKernel):
+    held = None
+    first_seen = False
+
+    async def shell_main(self, subshell_id, msg):
+        _, frames = self.session.feed_identities(msg, copy=False)
+        header = self.session.deserialize(frames, content=False, copy=False)["header"]
+        if header["msg_type"] == "execute_request" and not self.first_seen:
+            self.first_seen = True
+            self.held = (subshell_id, msg)  # unread until the next shell message
+            return
+        if self.held is not None:
+            held, self.held = self.held, None
+            await super().shell_main(*held)
+        await super().shell_main(subshell_id, msg)
+
+
+IPKernelApp.launch_instance(kernel_class=UnreadShellKernel)
+"""

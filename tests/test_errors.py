@@ -126,6 +126,30 @@ async def test_kernel_whose_port_was_taken_is_started_again(
     assert "a port it was given was taken first" in server.output()
 
 
+async def test_a_kernel_that_leaves_a_request_unread_is_nudged(
+    server: ServerProcess, gw: Gateway
+) -> None:
+    """The kernel reads its first cell only when another shell message arrives (as ipykernel
+    7 sometimes does): the cell still runs, and only its own messages reach the client."""
+    kernel = gw.start_kernel("unread-shell")
+    ws = await gw.connect(kernel["id"])
+    out = await ws.execute("print(6 * 7)", timeout=30)
+    assert out.stdout == "42\n"
+    assert f"kernel {kernel['id']}: nudged" in server.output()
+    after = await ws.execute("print('next')")
+    assert after.stdout == "next\n"
+    cells = {cell.messages[0]["parent_header"]["msg_id"] for cell in (out, after)}
+    strangers = [
+        (m["channel"], m["header"]["msg_type"], m["parent_header"].get("msg_type"))
+        for m in ws.received
+        if m["parent_header"].get("msg_id") not in cells
+    ]
+    # The nudge's reply is raygate's; its busy and idle are shown, as a readiness probe's
+    # are (clients leave a kernel_info_request's statuses out of the kernel's state).
+    assert strangers == [("iopub", "status", "kernel_info_request")] * 2, strangers
+    await ws.close()
+
+
 def test_max_kernels_counts_starts_in_flight(server: ServerProcess, gw: Gateway) -> None:
     async def start_many() -> list[httpx.Response]:
         async with httpx.AsyncClient(
