@@ -33,6 +33,10 @@ PASSWORD = "hub-test-password"
 CACHE_SECONDS = 1.0
 
 
+class PortTaken(RuntimeError):
+    """Another process bound a port picked for the Hub or its proxy before they did."""
+
+
 class Hub:
     """A running JupyterHub: its URLs, its API as the test's admin service, its process."""
 
@@ -57,9 +61,20 @@ class Hub:
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Wait for the Hub and its proxy to answer. A Hub that exits or does not come up
+        takes down what it started before this raises: its proxy outlives it otherwise (CI
+        run 21)."""
         deadline = time.monotonic() + timeout
+        started: set[int] = set()
         while time.monotonic() < deadline:
+            started.update(self.processes())
+            output = self.output()
+            # The proxy's (the Hub may then wait on it for good) or the Hub's own.
+            if "EADDRINUSE" in output or "Address already in use" in output:
+                self._give_up(started)
+                raise PortTaken(self.output())
             if self.proc.poll() is not None:
+                self._give_up(started)
                 raise RuntimeError(f"JupyterHub exited:\n{self.output()}")
             try:
                 if (
@@ -70,7 +85,14 @@ class Hub:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self._give_up(started)
         raise RuntimeError(f"JupyterHub did not come up:\n{self.output()}")
+
+    def _give_up(self, started: set[int]) -> None:
+        stop_process(self.proc)
+        self.log.close()
+        for pid in wait_gone(sorted(started - {self.proc.pid}), timeout=5):
+            psutil.Process(pid).kill()
 
     def output(self) -> str:
         if not self.log.closed:
@@ -175,7 +197,7 @@ def hub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub,
     needed_module("jupyterhub", "pip install -e '.[test]'")
     if not shutil.which("configurable-http-proxy"):
         missing("configurable-http-proxy", "npm install -g configurable-http-proxy; .ci/run does")
-    root = tmp_path_factory.mktemp("hub")
+    root = tmp_path_factory.mktemp("raygate")
     specs = root / "kernels"
     write_kernelspec(str(specs), "python3", ipykernel_argv())
     write_kernelspec(
@@ -186,7 +208,36 @@ def hub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub,
     )
     config = root / "raygate.toml"
     config.write_text("max_kernels_per_user = 3\n[group_caps.students]\nmax_kernels_per_user = 1\n")
-    hub_api_port = free_port()
+    # The Hub's ports are picked free, and a port picked free can be bound by another
+    # process (a Ray gRPC server of the session, in CI run 21) before the Hub's proxy binds
+    # it. Such a start is not what the tests look at: it is made afresh, on new ports.
+    for attempt in range(3):
+        hub_api_port = free_port()
+        gateway = hub_service(specs, config, hub_api_port)
+        try:
+            hub = Hub(tmp_path_factory.mktemp("hub"), gateway.url, hub_api_port)
+            hub.wait_ready()
+        except PortTaken:
+            gateway.stop()
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            gateway.stop()
+            raise
+        break
+    try:
+        yield hub, gateway
+    finally:
+        try:
+            hub.stop()
+        finally:
+            gateway.stop()
+
+
+def hub_service(specs: Path, config: Path, hub_api_port: int) -> ServerProcess:
+    """raygate as the Hub's service (local kernels; the static token kept for the test's
+    own looks at every kernel), ready."""
     hub_api = f"http://127.0.0.1:{hub_api_port}/hub/api"
     gateway = ServerProcess(
         [
@@ -206,17 +257,7 @@ def hub_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub,
         env={"JUPYTERHUB_API_TOKEN": SERVICE_TOKEN},
     )
     gateway.wait_ready()
-    hub = None
-    try:
-        hub = Hub(root, gateway.url, hub_api_port)
-        hub.wait_ready()
-        yield hub, gateway
-    finally:
-        try:
-            if hub is not None:
-                hub.stop()
-        finally:
-            gateway.stop()
+    return gateway
 
 
 pytestmark = pytest.mark.xdist_group("jupyterhub")  # one Hub for the module, on one worker
