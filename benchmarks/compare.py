@@ -300,21 +300,30 @@ class Running:
         )
 
     def stop(self, timeout: float = 60) -> str:
-        """SIGTERM (the server shuts its kernels down); SIGKILL to its session if it hangs."""
+        """SIGTERM (the server shuts its kernels down); SIGKILL to its session if it hangs.
+        Its kernels, in sessions of their own, are killed if the server left them."""
         if self.proc is None:
             return "never started"
+        kernels = descendants(self.pid)
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
             self.proc.wait(timeout)
-            return f"exited ({self.proc.returncode})"
+            how = f"exited ({self.proc.returncode})"
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.proc.wait()
-            return f"killed after {timeout:g} s"
+            how = f"killed after {timeout:g} s"
+        _, left = psutil.wait_procs(kernels, timeout=5)
+        for process in left:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                continue
+        return how + (f"; {len(left)} of its processes killed" if left else "")
 
 
 def descendants(pid: int | None) -> list[psutil.Process]:
