@@ -63,12 +63,12 @@ class RayTestCluster:
         self.head_node_id = ""
         self.socket_path = ""
         self._proc: subprocess.Popen[str] | None = None
-        self._left_out = ""
+        self.without_dir = ""
 
     def describe(self) -> dict[str, str]:
         """What another process needs to use this cluster (``attach``): its token among it,
         so it goes into a private file, never into an environment."""
-        keys = ("token", "address", "gpu_node_id", "head_node_id", "socket_path")
+        keys = ("token", "address", "gpu_node_id", "head_node_id", "socket_path", "without_dir")
         return {key: getattr(self, key) for key in keys}
 
     @classmethod
@@ -80,16 +80,23 @@ class RayTestCluster:
         return cluster
 
     def env(self) -> dict[str, str]:
-        """What a gateway joining this cluster needs in its environment: only the token
-        (not RAY_AUTH_MODE: raygate turns token mode on when it is given a token)."""
-        return {"RAY_AUTH_TOKEN": self.token}
+        """What a gateway joining this cluster needs in its environment: the token (not
+        RAY_AUTH_MODE: raygate turns token mode on when it is given a token), and the
+        nodes' Python: what they lack, a gateway's ``pip install raygate[ray]`` lacks too
+        (1.5 of ``import ray``'s 2.1 CPU-s here are rfc3987_syntax's grammars)."""
+        env = {"RAY_AUTH_TOKEN": self.token}
+        if self.without_dir:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [self.without_dir, os.environ.get("PYTHONPATH")])
+            )
+        return env
 
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="raygate-ray-"), "questions")
         if self.without:
             blocked = left_out(self.without)
-            self._left_out = blocked
+            self.without_dir = blocked
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [blocked, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), self.socket_path],
@@ -147,8 +154,8 @@ class RayTestCluster:
         if proc.stdout is not None:
             proc.stdout.close()
         shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
-        if self._left_out:
-            shutil.rmtree(self._left_out, ignore_errors=True)
+        if self.without_dir:
+            shutil.rmtree(self.without_dir, ignore_errors=True)
 
     def _ask(self, request: dict, timeout: float = 60) -> Any:
         with socket.socket(socket.AF_UNIX) as sock:
