@@ -40,15 +40,22 @@ GPU_NODE_LABELS = {"raygate-test": "gpu"}
 NODE_LEAVES_OUT = ("rfc3987_syntax",)
 
 
-def left_out(modules: Sequence[str]) -> str:
-    """A directory whose packages of these names fail to import, to put first on the Ray
-    nodes' PYTHONPATH: the Ray processes (and their kernels) run as if not installed."""
-    root = tempfile.mkdtemp(prefix="raygate-ray-without-")
+def left_out(modules: Sequence[str], root: str = "") -> str:
+    """A directory (``root``, or a new one) whose packages of these names fail to import, to
+    put first on the Ray nodes' PYTHONPATH: the Ray processes (and their kernels) run as if
+    they were not installed."""
+    root = root or tempfile.mkdtemp(prefix="raygate-ray-without-")
     for name in modules:
         os.makedirs(os.path.join(root, name))
         with open(os.path.join(root, name, "__init__.py"), "w") as f:
             f.write(f"raise ImportError('{name} is left out of the Ray test cluster')\n")
     return root
+
+
+def python_without(blocked: str) -> dict[str, str]:
+    """The environment of a process whose Python lacks what the ``left_out`` directory
+    ``blocked`` blocks: a gateway, and the Ray it joins or starts."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [blocked, os.environ.get("PYTHONPATH")]))}
 
 
 class RayTestCluster:
@@ -86,18 +93,15 @@ class RayTestCluster:
         (1.5 of ``import ray``'s 2.1 CPU-s here are rfc3987_syntax's grammars)."""
         env = {"RAY_AUTH_TOKEN": self.token}
         if self.without_dir:
-            env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [self.without_dir, os.environ.get("PYTHONPATH")])
-            )
+            env.update(python_without(self.without_dir))
         return env
 
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="raygate-ray-"), "questions")
         if self.without:
-            blocked = left_out(self.without)
-            self.without_dir = blocked
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [blocked, env.get("PYTHONPATH")]))
+            self.without_dir = left_out(self.without)
+            env.update(python_without(self.without_dir))
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), self.socket_path],
             stdin=subprocess.PIPE,

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psutil
@@ -27,6 +28,7 @@ from conftest import (
 )
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
 from kgclient import Gateway, message
+from ray_cluster import NODE_LEAVES_OUT, left_out, python_without
 
 NAMESPACE = "rg-tests"
 
@@ -391,10 +393,13 @@ async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> N
 
 
 @pytest.mark.ray
-def test_embedded_ray_kernels_stop_with_the_gateway(start_server) -> None:
+def test_embedded_ray_kernels_stop_with_the_gateway(start_server, tmp_path: Path) -> None:
     """``raygate serve`` with no Ray address starts a Ray of its own; SIGTERM stops the
     gateway, its kernels and that Ray, leaving no process behind."""
-    server = start_server("--ray-num-cpus", "2", "--ray-namespace", "rg-embedded")
+    server = start_server(
+        "--ray-num-cpus", "2", "--ray-namespace", "rg-embedded",
+        env=python_without(left_out(NODE_LEAVES_OUT, str(tmp_path / "without"))),
+    )  # fmt: skip
     kernel = server.client.start_kernel()
     assert kernel["launcher"] == "ray"
     processes = server.kernel_pids()  # the local Ray's processes, actor and kernel among them
