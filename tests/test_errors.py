@@ -144,9 +144,11 @@ async def test_a_kernel_that_leaves_a_request_unread_is_nudged(
         for m in ws.received
         if m["parent_header"].get("msg_id") not in cells
     ]
-    # The nudge's reply is raygate's; its busy and idle are shown, as a readiness probe's
-    # are (clients leave a kernel_info_request's statuses out of the kernel's state).
-    assert strangers == [("iopub", "status", "kernel_info_request")] * 2, strangers
+    # The nudge's reply is raygate's. Its busy and idle are shown, as a readiness probe's
+    # are (which may also still arrive): clients leave a kernel_info_request's statuses out
+    # of the kernel's state.
+    assert strangers, "the nudge's statuses"
+    assert set(strangers) == {("iopub", "status", "kernel_info_request")}, strangers
     await ws.close()
 
 
