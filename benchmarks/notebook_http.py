@@ -87,7 +87,7 @@ def wait_serving(server: compare.Running, timeout: float = 300) -> None:
             raise compare.ServerFailed(f"{server.kind.title} exited:\n{server.log_tail()}")
         try:
             url = server.url + "/_api/spec/swagger.json"
-            if httpx.get(url, headers=compare.headers(server), timeout=5).status_code == 200:
+            if compare.POLL.get(url, headers=compare.headers(server), timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

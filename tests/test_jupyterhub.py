@@ -24,7 +24,7 @@ import websockets
 
 from conftest import ServerProcess, free_port, missing, needed_module, stop_process, wait_gone
 from kernelspecs import ipykernel_argv, write_kernelspec
-from kgclient import Gateway, KernelWS
+from kgclient import TLS, Gateway, KernelWS
 from logcheck import assert_clean_log
 
 SERVICE_TOKEN = "raygate-service-token-" + uuid.uuid4().hex
@@ -57,7 +57,10 @@ class Hub:
             stderr=subprocess.STDOUT,
         )
         self.api = httpx.Client(
-            base_url=self.api_url, headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30
+            base_url=self.api_url,
+            headers={"Authorization": f"token {ADMIN_TOKEN}"},
+            timeout=30,
+            verify=TLS,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -79,7 +82,7 @@ class Hub:
             try:
                 if (
                     self.api.get("/").status_code == 200
-                    and httpx.get(self.url + "/hub/health", timeout=2).is_success
+                    and self.api.get(self.url + "/hub/health", timeout=2).is_success
                 ):
                     return
             except httpx.HTTPError:

@@ -75,16 +75,16 @@ async def test_stock_kernelspec_runs_from_a_venv_that_is_not_activated(tmp_path:
         )
     try:
         url = f"http://127.0.0.1:{port}"
+        gw = Gateway(url, TOKEN)
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             try:
-                if httpx.get(url + "/api", timeout=1).status_code in (200, 401):
+                if gw.get("/api", timeout=1).status_code in (200, 401):
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        gw = Gateway(url, TOKEN)
         for name, launcher in (("python3-local", "local"), ("python3", "ray")):
             kernel = gw.start_kernel(name)
             assert kernel["launcher"] == launcher
