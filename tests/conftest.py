@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
 import json
 import os
@@ -22,6 +23,7 @@ import pytest
 
 from kgclient import TLS, Gateway, KernelWS
 from logcheck import assert_clean_log
+from ray_cluster import NODE_LEAVES_OUT, left_out, python_without
 
 TOKEN = "test-token"
 
@@ -52,6 +54,13 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+_WITHOUT = left_out(NODE_LEAVES_OUT)
+"""What the gateways' Python lacks, as a raygate install without jupyter_server does (and a
+Ray node: ``ray_cluster``): jsonschema, which ``import ray`` and, with kubernetes_validate
+installed, ``import kubernetes`` import, compiles rfc3987_syntax's grammars when it is
+there (1.5 s of CPU of each Ray or Kubernetes gateway's start here)."""
+atexit.register(shutil.rmtree, _WITHOUT, True)
 
 _POLL = httpx.Client(verify=TLS)
 """What asks a starting gateway whether it is up (without a token: an empty one is no
@@ -99,7 +108,7 @@ class ServerProcess:
             cmd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(self.env or {})},
+            env={**os.environ, **python_without(_WITHOUT), **(self.env or {})},
         )
         self.client = Gateway(self.url, self.token)
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 import yaml
 
@@ -327,6 +326,14 @@ def _structural(schema: Any) -> Any:
     return out
 
 
+def schema_validation() -> Any:
+    """jsonschema, imported by the tests that use it: its import is 1.9 s of CPU here (its
+    IRI format checker's grammars), which every pytest process spent collecting this file."""
+    import jsonschema
+
+    return jsonschema
+
+
 def test_raycluster_validates_against_the_kuberay_crd(built) -> None:
     # libyaml's loader where PyYAML has it: the CRD is large (6 s in pure Python, loaded)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -337,6 +344,7 @@ def test_raycluster_validates_against_the_kuberay_crd(built) -> None:
     cluster = find(built["overlays/kuberay"], "RayCluster")
     assert cluster["apiVersion"] == "ray.io/v1"
     # the schema checked once (jsonschema.validate checks it on every call: seconds each)
+    jsonschema = schema_validation()
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     validator = validator_class(schema)
@@ -736,7 +744,7 @@ def test_ray_up_config_validates_against_rays_schema() -> None:
     (ray_dir,) = importlib.util.find_spec("ray").submodule_search_locations
     schema = json.loads((Path(ray_dir) / "autoscaler" / "ray-schema.json").read_text())
     config = yaml.safe_load((ROOT / "deploy" / "ray-up.yaml").read_text())
-    jsonschema.validate(config, schema)
+    schema_validation().validate(config, schema)
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
     gpu = [t for t in types.values() if t["resources"].get("GPU")]

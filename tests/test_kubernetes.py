@@ -27,10 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
-from kubernetes.client.rest import ApiException
 
 import standins
 from conftest import (
@@ -96,6 +94,10 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             }
         )
     )
+    # Imported here, not by every pytest process that collects this module: with
+    # kubernetes_validate installed (test_deploy's), kubernetes imports jsonschema, 4 s.
+    import kubernetes
+
     api = kubernetes.client.CoreV1Api(
         kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     )
@@ -195,6 +197,8 @@ def pod_of(kube: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
 
 def gone(kube: dict[str, Any], namespace: str, name: str, timeout: float = 15) -> bool:
     """Whether the pod and the secret ``name`` are deleted within ``timeout``."""
+    from kubernetes.client.rest import ApiException
+
     api = kube["api"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

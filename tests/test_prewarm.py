@@ -12,7 +12,6 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import psutil
@@ -21,7 +20,6 @@ import pytest
 from conftest import ServerProcess, wait_gone
 from kernelspecs import make_test_kernelspecs
 from kgclient import Gateway
-from ray_cluster import NODE_LEAVES_OUT, left_out, python_without
 from raygate.kernels.pool import DEMAND_WINDOW, _Shelf
 
 
@@ -294,15 +292,12 @@ async def test_ray_pool_kernels_go_with_the_gateway(ray_cluster, specs: str) -> 
 
 
 @pytest.mark.ray
-async def test_embedded_ray_pool(
-    start_server: Callable[..., ServerProcess], specs: str, tmp_path: Path
-) -> None:
+async def test_embedded_ray_pool(start_server: Callable[..., ServerProcess], specs: str) -> None:
     """Warm Ray kernels: the env reaches them, again after a restart (the actor restarts
     the kernel with the env it was launched with), and SIGTERM leaves no process behind."""
     server = start_server(
         "--ray-num-cpus", "2", "--ray-namespace", "rg-pool", "--kernelspec-dirs", specs,
         "--prewarm", "python3=1",
-        env=python_without(left_out(NODE_LEAVES_OUT, str(tmp_path / "without"))),
     )  # fmt: skip
     pool = wait_pool(server.client, 1, timeout=120)
     model = server.client.start_kernel("python3", env={"KERNEL_FOO": "on-ray"})

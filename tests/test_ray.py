@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
@@ -28,7 +27,6 @@ from conftest import (
 )
 from kernelspecs import ipykernel_argv, make_test_kernelspecs, write_kernelspec
 from kgclient import Gateway, message
-from ray_cluster import NODE_LEAVES_OUT, left_out, python_without
 
 NAMESPACE = "rg-tests"
 
@@ -393,13 +391,10 @@ async def test_two_replicas_serve_the_same_kernels(ray_cluster, specs: str) -> N
 
 
 @pytest.mark.ray
-def test_embedded_ray_kernels_stop_with_the_gateway(start_server, tmp_path: Path) -> None:
+def test_embedded_ray_kernels_stop_with_the_gateway(start_server) -> None:
     """``raygate serve`` with no Ray address starts a Ray of its own; SIGTERM stops the
     gateway, its kernels and that Ray, leaving no process behind."""
-    server = start_server(
-        "--ray-num-cpus", "2", "--ray-namespace", "rg-embedded",
-        env=python_without(left_out(NODE_LEAVES_OUT, str(tmp_path / "without"))),
-    )  # fmt: skip
+    server = start_server("--ray-num-cpus", "2", "--ray-namespace", "rg-embedded")
     kernel = server.client.start_kernel()
     assert kernel["launcher"] == "ray"
     processes = server.kernel_pids()  # the local Ray's processes, actor and kernel among them
