@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .errors import APIError, error_response
+from .errors import APIError, deny_websocket, error_response
 from .users import GROUPS_SCOPE_KEY, USER_SCOPE_KEY, IdentitySource, Principal, header_user
 
 
@@ -100,8 +100,7 @@ class TokenAuthMiddleware:
     async def _deny(
         self, scope: Scope, receive: Receive, send: Send, status: int, message: str
     ) -> None:
-        response = error_response(status, message)
         if scope["type"] == "websocket":
-            await WebSocket(scope, receive, send).send_denial_response(response)
+            await deny_websocket(WebSocket(scope, receive, send), status, message)
         else:
-            await response(scope, receive, send)
+            await error_response(status, message)(scope, receive, send)

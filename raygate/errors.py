@@ -7,6 +7,9 @@ from http import HTTPStatus
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from raygate.logs import websocket_denied_var
 
 
 class APIError(Exception):
@@ -24,6 +27,15 @@ def error_response(status: int, message: str) -> JSONResponse:
     except ValueError:
         reason = "Error"
     return JSONResponse({"reason": reason, "message": message}, status_code=status)
+
+
+async def deny_websocket(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse a WebSocket before its handshake with the JSON error, as an HTTP response
+    (the WebSocket Denial Response). Marked for the log filter: uvicorn's websockets-sansio
+    logs "ASGI callable returned without completing handshake" at ERROR after every such
+    refusal (Kludex/uvicorn#3138), which hostile clients could otherwise fill the log with."""
+    websocket_denied_var.set(True)
+    await websocket.send_denial_response(error_response(status, message))
 
 
 async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:

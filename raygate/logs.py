@@ -10,6 +10,9 @@ calls themselves stay as they are.
 Tokens never reach the log: ``token=`` query values in URLs (uvicorn's access lines,
 WebSocket URLs) are replaced by ``[redacted]``, and so are the values of credential headers
 (``Authorization``, ``Cookie``) that the WebSocket library logs at debug level.
+
+A WebSocket raygate refused with an HTTP response (a bad token, an unknown kernel) is not
+followed by uvicorn's spurious ERROR that its handshake was left unfinished.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ kernel_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "raygate_kernel_id", default=None
 )
 """The kernel the current task works on, if any."""
+
+websocket_denied_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "raygate_websocket_denied", default=False
+)
+"""Set when raygate refused the current WebSocket with an HTTP response (see
+``errors.deny_websocket``): uvicorn's ERROR that the handshake was not completed is then
+about a refusal, and dropped."""
+_UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,6 +90,8 @@ class KernelContextFilter(logging.Filter):
     redacts tokens from URLs and credential headers in the record's arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _UNFINISHED_HANDSHAKE and websocket_denied_var.get():
+            return False  # raygate's own refusal (errors.deny_websocket), finished as such
         if getattr(record, "kernel_id", None) is None:
             kernel_id = kernel_id_var.get()
             if kernel_id is None:

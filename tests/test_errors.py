@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import time
 
@@ -87,6 +88,14 @@ async def test_unknown_kernel_websocket(server: ServerProcess) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(url, additional_headers={"Authorization": f"token {server.token}"})
     assert info.value.response.status_code == 404
+    assert json.loads(info.value.response.body)["message"].startswith("Kernel does not exist")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(url, additional_headers={"Authorization": "token wrong"})
+    assert info.value.response.status_code == 401
+    # A refusal is not an error of the gateway's: uvicorn's spurious "without completing
+    # handshake" ERROR (Kludex/uvicorn#3138) would let any client fill the log with errors.
+    logged = [line for line in server.output().splitlines() if "handshake" in line]
+    assert logged == [], logged
 
 
 @pytest.mark.parametrize(

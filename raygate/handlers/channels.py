@@ -14,7 +14,7 @@ from raygate.bridge.websocket_wire import (
     from_legacy_text,
     from_v1,
 )
-from raygate.errors import APIError, error_response
+from raygate.errors import APIError, deny_websocket
 
 from .common import config, find_kernel
 
@@ -25,7 +25,7 @@ async def kernel_channels(websocket: WebSocket) -> None:
     try:
         kernel = await find_kernel(websocket)
     except APIError as exc:
-        await websocket.send_denial_response(error_response(exc.status, exc.message))
+        await deny_websocket(websocket, exc.status, exc.message)
         return
     binary = V1_SUBPROTOCOL in websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=V1_SUBPROTOCOL if binary else None)
