@@ -144,12 +144,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             # Kernel Gateway's kernel may lose one of its free ports to another process
             # before binding it; it then serves nothing and never recovers (CI run 19; raygate
             # starts its kernel again). That baseline is started afresh, on new ports.
-            for _ in range(3):
+            for attempt in range(2, 5):
                 if "Address already in use" not in theirs[name].log.read_text(errors="replace"):
                     break
                 theirs[name].stop(30)
                 seed = str(scratch / f"{name}.ipynb")
-                theirs[name] = bench.kg_notebook_server(seed, 1, run_id, scratch, f"kg-{name}")
+                # a directory of its own: the failed one's stays, with its log (CI run 30)
+                again = f"kg-{name}-{attempt}"
+                theirs[name] = bench.kg_notebook_server(seed, 1, run_id, scratch, again)
                 theirs[name].start()
                 bench.wait_serving(theirs[name])
         yield {
