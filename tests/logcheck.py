@@ -25,7 +25,14 @@ _STARTS = re.compile(
 _CHAINED = ("During handling of the above exception", "The above exception was the direct")
 
 # Problems any server may log. Keep this short; each entry says why it is not a bug.
-ALLOWED: tuple[str, ...] = ()
+ALLOWED: tuple[str, ...] = (
+    # A kernel refusing a message not signed with its key, as it must; a gateway shows it in
+    # the stderr tail of a kernel that died. On this machine's shared loopback hosts a
+    # kernel's port may have been another kernel's a moment before, and a ZMQ peer of that
+    # one (another test's client, with a request queued) reaches the new kernel first (CI
+    # run 31: two such messages, in a kernel of test_ssh.py's that a test then killed).
+    r"in shell_channel_thread_main\n(?:.*\n)*?ValueError: Invalid Signature",
+)
 
 # Bugs known and owned elsewhere, marked one by one until their fix lands (then delete the
 # entry). Not an allow-list: each names exactly one failure.

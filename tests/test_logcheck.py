@@ -47,3 +47,20 @@ def test_clean_log_passes_and_expected_errors_are_declared() -> None:
     assert unexpected(THREAD, expect=[r"ValueError: boom"]) == []
     with pytest.raises(AssertionError, match="ValueError: boom"):
         assert_clean_log("srv", THREAD)
+
+
+KERNEL_REFUSES = """WARNING raygate.registry: kernel k died: exited with code 1: ...
+[IPKernelApp] ERROR | Invalid message
+Traceback (most recent call last):
+  File "/site-packages/ipykernel/kernelbase.py", line 609, in shell_channel_thread_main
+    msg3 = self.session.deserialize(msg2, content=False, copy=False)
+  File "/site-packages/jupyter_client/session.py", line 1078, in deserialize
+    raise ValueError(msg)
+ValueError: Invalid Signature: b'5fa0'
+"""
+
+
+def test_a_kernel_refusing_a_badly_signed_message_is_allowed_and_nothing_else() -> None:
+    assert unexpected(KERNEL_REFUSES) == []
+    elsewhere = KERNEL_REFUSES.replace("in shell_channel_thread_main", "in verify")
+    assert len(unexpected(elsewhere)) == 1
