@@ -107,7 +107,8 @@ class RayKernelProvisioner(KernelProvisionerBase):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         try:
-            if self.handle is not None:  # a restart: same actor, fresh kernel process
+            if self.handle is not None and not self.handle.stopped:
+                # a restart: same actor, fresh kernel process
                 connection = await self.handle.restart()
                 self.handle.connection = connection
             else:
@@ -136,18 +137,18 @@ class RayKernelProvisioner(KernelProvisionerBase):
             await self.handle.signal(signum)
 
     async def kill(self, restart: bool = False) -> None:
-        await self._stop(restart)
+        await self._stop()
 
     async def terminate(self, restart: bool = False) -> None:
-        await self._stop(restart)
+        await self._stop()
 
-    async def _stop(self, restart: bool) -> None:
-        if self.handle is None:
-            return
-        if restart:
-            await self.handle._call("stop")  # keep the actor and what it holds
-        else:
-            await self.handle.shutdown()
+    async def _stop(self) -> None:
+        """Stop the kernel process and keep the actor and what it holds: jupyter_client
+        also asks for a SIGTERM without saying a restart follows (``finish_shutdown``, when
+        the kernel is slow to exit) and then starts the kernel again here (CI run 32). The
+        actor goes in :meth:`cleanup`, which says whether a restart follows."""
+        if self.handle is not None and not self.handle.stopped:
+            await self.handle._call("stop")
 
     async def cleanup(self, restart: bool = False) -> None:
         if not restart and self.handle is not None:

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import uuid
 
+import pytest
+
 from kernelspecs import ipykernel_argv, write_kernelspec
 
 SCRIPT = textwrap.dedent(
@@ -49,13 +51,27 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_nbclient_and_kernel_manager_run_ray_kernels(ray_cluster, tmp_path) -> None:
+# A kernel that outlives its shutdown_request by 8 s: jupyter_client then sends a SIGTERM
+# through the provisioner without saying that a restart follows (it waits 5 s here), and
+# restarts the kernel on the same provisioner all the same.
+SLOW_TO_EXIT = [
+    sys.executable,
+    "-c",
+    "import atexit, time; atexit.register(time.sleep, 8)\n"
+    "from ipykernel.kernelapp import launch_new_instance; launch_new_instance()",
+    "-f",
+    "{connection_file}",
+]
+
+
+@pytest.mark.parametrize("argv", [ipykernel_argv(), SLOW_TO_EXIT], ids=["prompt", "slow-to-exit"])
+def test_nbclient_and_kernel_manager_run_ray_kernels(ray_cluster, tmp_path, argv) -> None:
     namespace = f"rg-prov-{uuid.uuid4().hex[:8]}"
     kernels = tmp_path / "kernels"
     write_kernelspec(
         str(kernels),
         "ray-gpu",
-        ipykernel_argv(),
+        argv,
         metadata={
             "kernel_provisioner": {
                 "provisioner_name": "raygate-ray-provisioner",
